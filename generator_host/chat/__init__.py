@@ -1,0 +1,1 @@
+"""Chat adapters: Twitch IRC for streams, the terminal for the demo."""

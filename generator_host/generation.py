@@ -1,0 +1,119 @@
+"""What a generation is: the parameters asked for and the images that came back.
+
+Plain data shared by the show (which decides what to generate), the engine (which
+generates), the gallery (which stores) and the link (which shows). No I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Everything that determines the pixels, so the same params give the same image."""
+
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 2
+    guidance: float = 0.0
+    width: int = 64
+    height: int = 64
+    seed: int = 0
+    count: int = 1  # images in the grid: 1, 4, 9 or rows*cols
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the grid: ceil(sqrt n) columns, as few rows as fit."""
+        cols = math.ceil(math.sqrt(self.count))
+        rows = math.ceil(self.count / cols)
+        return rows, cols
+
+    def seeds(self) -> list[int]:
+        """One seed per image: consecutive from `seed`, so each tile is reproducible alone."""
+        return [(self.seed + i) % (2**63) for i in range(self.count)]
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked, as chat knows them."""
+
+    login: str
+    display_name: str = ""
+    user_id: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.display_name or self.login
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A queued request: one chat command's worth of images."""
+
+    id: str
+    requester: Requester
+    params: GenerationParams
+    created: float  # seconds, from the clock passed into the show
+    msg_id: str = ""  # chat message that asked for it (for replies and CLEARMSG)
+
+
+@dataclass
+class SafetyScores:
+    """Raw safety-checker scores of one image: cosine similarity minus each threshold."""
+
+    concept: list[float]  # 17 values
+    special: list[float]  # 3 values
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"concept": list(self.concept), "special": list(self.special)}
+
+
+@dataclass
+class GeneratedImage:
+    """One image of a request, with its own seed and verdict."""
+
+    image: Any  # PIL.Image.Image; Any so this module needs no Pillow import
+    seed: int
+    scores: SafetyScores | None  # None when the checker is switched off
+    flagged: bool
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest
+    images: list[GeneratedImage]
+    model: str
+    sampler: str
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def any_flagged(self) -> bool:
+        return any(img.flagged for img in self.images)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A gallery entry as the show sees it: enough to answer !params and to show it again.
+
+    `outcome` is what the approval mode made of it: "shown" (nothing flagged), "blurred",
+    "held" (awaiting !approve), "skipped" (nothing shown) or "approved".
+    """
+
+    id: int
+    request_id: str
+    requester: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    count: int
+    model: str
+    outcome: str
+    created: float

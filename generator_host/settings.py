@@ -1,0 +1,215 @@
+"""The streamer's settings: one dataclass per config-file section, loaded from TOML.
+
+Each section is owned by the part of the host it configures. Loading is strict but
+forgiving: an unknown key, a wrong type or an out-of-range value is reported with its
+section and key, and the default is kept (a config typo must never stop a stream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+import platformdirs
+
+APP_NAME = "chat-diffusion"
+APPROVAL_MODES = ("blur", "hold", "skip", "off")
+
+
+def config_dir() -> Path:
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+
+
+def default_config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+@dataclass
+class TwitchSettings:
+    channel: str = ""
+    login: str = ""  # the bot account's login; defaults to the channel
+    token: str = ""  # prefer the env var CHAT_DIFFUSION_TWITCH_TOKEN
+    host: str = "irc.chat.twitch.tv"
+    port: int = 6697
+    tls: bool = True
+    send_limit: int = 20  # messages per 30 s; 100 when the bot is a moderator
+    send_window: float = 30.0
+
+
+@dataclass
+class ModelSettings:
+    model: str = "stabilityai/sd-turbo"  # hub id or local folder
+    device: str = "auto"  # auto | cuda | mps | cpu
+    attention_slicing: bool = False
+    cpu_offload: bool = False
+    warmup: bool = True
+    steps: int = 0  # 0: the model family's default
+    guidance: float = -1.0  # <0: the model family's default
+    width: int = 0  # 0: the model's native size
+    height: int = 0
+    max_steps: int = 50
+    max_size: int = 1024
+    max_batch: int = 4  # micro-batching: requests per pipeline call
+
+
+@dataclass
+class SafetySettings:
+    enabled: bool = True
+    checker: str = "CompVis/stable-diffusion-safety-checker"  # used when the model has none
+    threshold_offset: float = 0.0  # 0 = stock diffusers; positive is stricter
+    approval_mode: str = "blur"  # blur | hold | skip | off
+
+
+@dataclass
+class ShowSettings:
+    grid: int = 1  # images per request: 1, 4 or 9
+    slideshow_seconds: float = 0.0  # 0: off
+    command_prefix: str = "!"
+
+
+@dataclass
+class ModerationSettings:
+    blocklist_file: str = ""  # empty: the default list shipped with the host
+    forced_negative_prompt: str = ""
+    max_prompt_length: int = 300
+    user_cooldown_seconds: float = 30.0
+    max_queued_per_user: int = 1
+    max_queue: int = 50
+    ignored_users: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LinkSettings:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str = ""  # empty: generated on first run into the data folder
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass
+class GallerySettings:
+    folder: str = ""  # empty: <data dir>/gallery
+    save_images: bool = True
+    legacy_files: bool = False  # also write stream.png, requester.txt, prompt.txt
+
+
+@dataclass
+class Settings:
+    twitch: TwitchSettings = field(default_factory=TwitchSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    safety: SafetySettings = field(default_factory=SafetySettings)
+    show: ShowSettings = field(default_factory=ShowSettings)
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    link: LinkSettings = field(default_factory=LinkSettings)
+    gallery: GallerySettings = field(default_factory=GallerySettings)
+
+
+def _coerce(value: Any, typ: Any) -> Any:
+    """Return value as typ, or raise ValueError; ints are accepted for floats."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif getattr(typ, "__origin__", None) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    raise ValueError(f"expected {getattr(typ, '__name__', typ)}, got {type(value).__name__}")
+
+
+def _validate(settings: Settings) -> list[str]:
+    """Range checks; returns problems and resets the offending values to defaults."""
+    problems: list[str] = []
+    checks = [
+        ("safety", "approval_mode", lambda v: v in APPROVAL_MODES, f"one of {APPROVAL_MODES}"),
+        ("safety", "threshold_offset", lambda v: -1.0 <= v <= 1.0, "between -1 and 1"),
+        ("show", "grid", lambda v: v in (1, 4, 9), "1, 4 or 9"),
+        ("model", "device", lambda v: v in ("auto", "cuda", "mps", "cpu"), "auto/cuda/mps/cpu"),
+        ("model", "max_steps", lambda v: 1 <= v <= 200, "between 1 and 200"),
+        ("model", "max_batch", lambda v: 1 <= v <= 16, "between 1 and 16"),
+        ("link", "port", lambda v: 0 <= v <= 65535, "a port number"),
+        ("twitch", "port", lambda v: 0 < v <= 65535, "a port number"),
+        ("moderation", "max_queue", lambda v: 1 <= v <= 10000, "between 1 and 10000"),
+        ("moderation", "max_queued_per_user", lambda v: 1 <= v <= 100, "between 1 and 100"),
+    ]
+    for section, key, ok, want in checks:
+        sec = getattr(settings, section)
+        if not ok(getattr(sec, key)):
+            default = getattr(type(sec)(), key)
+            problems.append(f"[{section}] {key} = {getattr(sec, key)!r} must be {want}; using {default!r}")
+            setattr(sec, key, default)
+    return problems
+
+
+def settings_from_dict(raw: Any) -> tuple[Settings, list[str]]:
+    """Build Settings from parsed TOML; returns the settings and every problem found."""
+    settings = Settings()
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        return settings, ["the config must be a table of sections"]
+    section_types = get_type_hints(Settings)
+    for section, values in raw.items():
+        if section not in section_types:
+            problems.append(f"unknown section [{section}] ignored")
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"[{section}] must be a section, not a value")
+            continue
+        sec = getattr(settings, section)
+        hints = get_type_hints(type(sec))
+        for key, value in values.items():
+            if key not in hints:
+                problems.append(f"[{section}] unknown key {key!r} ignored")
+                continue
+            try:
+                setattr(sec, key, _coerce(value, hints[key]))
+            except ValueError as exc:
+                problems.append(f"[{section}] {key}: {exc}; keeping the default")
+    problems += _validate(settings)
+    return settings, problems
+
+
+def load_settings(path: Path | None) -> tuple[Settings, list[str]]:
+    """Read the TOML file (missing file: defaults) and apply environment overrides."""
+    raw: Any = {}
+    problems: list[str] = []
+    if path is not None and path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+            problems.append(f"{path}: cannot read config ({exc}); using defaults")
+            raw = {}
+    settings, more = settings_from_dict(raw)
+    token = os.environ.get("CHAT_DIFFUSION_TWITCH_TOKEN")
+    if token:
+        settings.twitch.token = token
+    return settings, problems + more
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)

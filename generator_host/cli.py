@@ -1,0 +1,176 @@
+"""`generator-host`: the command line. Subcommands: demo, run, init, safety-eval.
+
+Heavy imports (torch, diffusers) happen inside the subcommands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from generator_host import __version__
+from generator_host.settings import (
+    Settings,
+    data_dir,
+    default_config_path,
+    load_settings,
+)
+
+log = logging.getLogger("generator_host")
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_LOGIN = 3
+EXIT_ENGINE = 4
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="where the gallery, state and link token live")
+    p.add_argument("--link-port", type=int, help="port for the OBS script (default from config)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="generator-host",
+        description="Chat Diffusion's generator host: Twitch chat paints live in OBS.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="try it now: a tiny built-in model, commands typed in this terminal",
+        description=(
+            "Run the host with no configuration, no Twitch account, no GPU and no download: "
+            "a tiny random-weight Stable Diffusion model is built once into the cache folder. "
+            "Type chat commands such as '!generate a red fox' as the broadcaster; images go "
+            "to the gallery folder and to OBS when the script is connected. End with Ctrl-C "
+            "or !terminate; at end of input the host finishes its queue and exits."
+        ),
+    )
+    _common(demo)
+    demo.add_argument("--grid", type=int, choices=[1, 4, 9], help="images per request")
+
+    run = sub.add_parser(
+        "run",
+        help="the real thing: Twitch chat and the configured model",
+        description=(
+            "Connect to Twitch chat and generate with the configured model. Settings come "
+            f"from the config file (default {default_config_path()}); write a commented one "
+            "with 'generator-host init'. The Twitch token may come from the environment "
+            "variable CHAT_DIFFUSION_TWITCH_TOKEN."
+        ),
+    )
+    _common(run)
+    run.add_argument("--config", type=Path, default=None, help="config file to read")
+
+    init = sub.add_parser(
+        "init",
+        help="write a commented config file template",
+        description="Write a commented config template (readable by you alone).",
+    )
+    init.add_argument("--config", type=Path, default=None, help="where to write it")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    try:
+        from generator_host import safety_eval
+    except ImportError:  # pragma: no cover - only while the tool is being written
+        safety_eval = None  # type: ignore[assignment]
+    if safety_eval is not None and hasattr(safety_eval, "add_parser"):
+        safety_eval.add_parser(sub)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("websockets", "httpx", "urllib3", "PIL", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create `path` readable and writable by the user alone (it may hold a token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from generator_host.config_template import TEMPLATE
+
+    path: Path = args.config or default_config_path()
+    if path.exists() and not args.force:
+        print(f"{path} already exists; use --force to overwrite it.")
+        return EXIT_OK
+    write_private(path, TEMPLATE)
+    print(f"Wrote {path}\nEdit [twitch] channel, then run: generator-host run")
+    return EXIT_OK
+
+
+def _apply_common(args: argparse.Namespace, settings: Settings) -> Path:
+    if args.link_port is not None:
+        settings.link.port = args.link_port
+    return args.data_dir or data_dir()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from generator_host.app import run_demo
+
+    settings = Settings()
+    home = _apply_common(args, settings) / "demo"
+    if args.grid:
+        settings.show.grid = args.grid
+    return run_demo(settings, home)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path: Path = args.config or default_config_path()
+    print(f"Config file: {path}" + ("" if path.exists() else " (not found; using defaults)"))
+    settings, problems = load_settings(path)
+    for problem in problems:
+        log.warning("config: %s", problem)
+    home = _apply_common(args, settings)
+    if not settings.twitch.channel:
+        print(
+            f"No Twitch channel configured. Run 'generator-host init', set [twitch] channel "
+            f"in {path}, and set CHAT_DIFFUSION_TWITCH_TOKEN (or [twitch] token).",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    if not settings.twitch.token:
+        print(
+            "No Twitch token: set the environment variable CHAT_DIFFUSION_TWITCH_TOKEN "
+            f"or [twitch] token in {path}.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from generator_host.app import run_twitch
+
+    return run_twitch(settings, home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(getattr(args, "log_level", "INFO"))
+    handlers = {"demo": cmd_demo, "run": cmd_run, "init": cmd_init}
+    if args.command in handlers:
+        return handlers[args.command](args)
+    from generator_host import safety_eval
+
+    settings, problems = load_settings(getattr(args, "config", None) or default_config_path())
+    for problem in problems:
+        log.warning("config: %s", problem)
+    return safety_eval.main(args, settings)

@@ -1,0 +1,94 @@
+"""The commented config file that `generator-host init` writes.
+
+Kept beside settings.py so every key documented here exists there; a test loads this
+template and checks it produces no problems.
+"""
+
+TEMPLATE = """\
+# Chat Diffusion generator host configuration.
+# Every key is optional; a missing key keeps its default. Start with:
+#   generator-host run            (uses this file)
+#   generator-host run --help
+
+[twitch]
+# The channel whose chat paints (your Twitch login, without '#').
+channel = ""
+# The bot account's login; empty means the channel itself.
+login = ""
+# OAuth token with chat:read and chat:write scopes. Better: leave this empty and set the
+# environment variable CHAT_DIFFUSION_TWITCH_TOKEN. This file is created readable by you alone.
+token = ""
+# Messages per 30 s the bot may send: 20 for a normal account, 100 if the bot is a moderator.
+send_limit = 20
+send_window = 30.0
+# Twitch's chat server; change only for testing.
+host = "irc.chat.twitch.tv"
+port = 6697
+tls = true
+
+[model]
+# A diffusers model id (downloaded once, with a progress bar) or a local folder.
+model = "stabilityai/sd-turbo"
+# auto | cuda | mps | cpu
+device = "auto"
+# 0 / -1 mean: the model family's default (Turbo: 1 step, guidance 0; SD 1.5: 25, 7).
+steps = 0
+guidance = -1.0
+# 0 means the model's native size.
+width = 0
+height = 0
+# Requests with the same settings generated together in one call when that is faster.
+max_batch = 4
+# Generate one throw-away image at start so the first chat request is not the slow one.
+warmup = true
+# Caps that chat can never exceed.
+max_steps = 50
+max_size = 1024
+# Memory savers for small GPUs.
+attention_slicing = false
+cpu_offload = false
+
+[safety]
+# true keeps the Stable Diffusion safety checker on. Turning it off logs a warning.
+enabled = true
+# 0 flags exactly what stock diffusers flags; positive is stricter, negative looser.
+threshold_offset = 0.0
+# What happens to a flagged image: blur | hold (until !approve) | skip | off
+approval_mode = "blur"
+# The checker used when the model folder has none (SDXL and Turbo models ship none).
+checker = "CompVis/stable-diffusion-safety-checker"
+
+[show]
+# Images per request: 1, 4 or 9 (shown as a grid).
+grid = 1
+# Seconds between slideshow images; 0 is off.
+slideshow_seconds = 0.0
+command_prefix = "!"
+
+[moderation]
+# Empty: the default blocklist shipped with the host. One word, phrase or /pattern/ a line.
+blocklist_file = ""
+forced_negative_prompt = ""
+max_prompt_length = 300
+user_cooldown_seconds = 30.0
+max_queued_per_user = 1
+max_queue = 50
+ignored_users = []
+
+[link]
+# Where the OBS script connects. Keep 127.0.0.1 unless the host runs on another machine.
+host = "127.0.0.1"
+port = 8765
+# For a host on another machine: a TLS certificate and key (PEM files).
+tls_cert = ""
+tls_key = ""
+# Empty: a token is generated on first run and stored in the data folder (printed path).
+token = ""
+
+[gallery]
+# Empty: <data folder>/gallery
+folder = ""
+save_images = true
+# Also write stream.png, requester.txt and prompt.txt for setups without the OBS script.
+legacy_files = false
+"""

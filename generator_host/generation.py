@@ -89,6 +89,13 @@ class GenerationResult:
     sampler: str
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    # What was generated after the engine filled defaults and applied the caps; None in
+    # results built elsewhere, where request.params is what was generated.
+    params: GenerationParams | None = None
+
+    @property
+    def used_params(self) -> GenerationParams:
+        return self.params if self.params is not None else self.request.params
 
     @property
     def any_flagged(self) -> bool:

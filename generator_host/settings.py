@@ -51,12 +51,16 @@ class TwitchSettings:
     tls: bool = True
     send_limit: int = 20  # messages per 30 s; 100 when the bot is a moderator
     send_window: float = 30.0
+    reconnect_max_seconds: float = 60.0  # backoff after a drop doubles up to this
+    max_pending_sends: int = 30  # replies waiting for the send limit; older ones are dropped
 
 
 @dataclass
 class ModelSettings:
     model: str = "stabilityai/sd-turbo"  # hub id or local folder
+    family: str = "auto"  # auto | sd | turbo | sdxl | sdxl-turbo: picks default steps/guidance
     device: str = "auto"  # auto | cuda | mps | cpu
+    dtype: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | float16 | bfloat16 | float32
     attention_slicing: bool = False
     cpu_offload: bool = False
     warmup: bool = True
@@ -66,6 +70,8 @@ class ModelSettings:
     height: int = 0
     max_steps: int = 50
     max_size: int = 1024
+    max_guidance: float = 20.0
+    max_images: int = 9  # images per request (the grid)
     max_batch: int = 4  # micro-batching: requests per pipeline call
 
 
@@ -82,6 +88,12 @@ class ShowSettings:
     grid: int = 1  # images per request: 1, 4 or 9
     slideshow_seconds: float = 0.0  # 0: off
     command_prefix: str = "!"
+    aliases: list[str] = field(default_factory=list)  # "alias=command", added to the defaults
+    command_roles: list[str] = field(default_factory=list)  # "command=role" overrides
+    cut_to_one_when_waiting: bool = True  # a grid request becomes 1 image while others wait
+    history_size: int = 200  # images !prev/!next and the slideshow can go back to
+    refusal_replies: int = 6  # refusal replies per send_window; the rest are coalesced
+    first_estimate_seconds: float = 10.0  # !queue's guess before any image was timed
 
 
 @dataclass
@@ -93,6 +105,8 @@ class ModerationSettings:
     max_queued_per_user: int = 1
     max_queue: int = 50
     ignored_users: list[str] = field(default_factory=list)
+    mode: str = "everyone"  # who may request at start: everyone | subscribers | moderators
+    exempt_role: str = "moderator"  # this role and above skip cooldown and per-user limit
 
 
 @dataclass
@@ -109,6 +123,7 @@ class GallerySettings:
     folder: str = ""  # empty: <data dir>/gallery
     save_images: bool = True
     legacy_files: bool = False  # also write stream.png, requester.txt, prompt.txt
+    legacy_folder: str = ""  # where the legacy files go; empty: <gallery folder>/stream
 
 
 @dataclass

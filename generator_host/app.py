@@ -1,0 +1,398 @@
+"""The host's edges, wired on one asyncio loop: chat, show, engine worker, gallery, link.
+
+The show decides; this module only carries out its effects and turns the outside world
+(chat lines, finished generations, OBS buttons, the clock) into the show's events. The
+loop never waits on the GPU or the disk: generation, saving and PNG encoding run on a
+single worker thread, file I/O on the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from generator_host import show as show_mod
+from obs_script import chat_diffusion_protocol as protocol
+from generator_host.chat.message import ChatEvent
+from generator_host.generation import Entry, GenerationRequest
+from generator_host.settings import APPROVAL_MODES, Settings
+
+log = logging.getLogger("generator_host.app")
+
+TICK_SECONDS = 0.25
+STATE_FILE = "state.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class Host:
+    """One running host: owns the show and executes its effects."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        home: Path,
+        chat: Any,
+        engine: Any,
+        gallery: Any,
+        link_token: str,
+    ) -> None:
+        self.settings = settings
+        self.home = home
+        self.chat = chat
+        self.engine = engine
+        self.gallery = gallery
+        self.link_token = link_token
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.show = show_mod.Show(settings, self._load_state())
+        self.link: Any = None
+        self.stopped = asyncio.Event()
+        self.exit_code = 0
+        self.on_screen: dict[str, Any] | None = None  # last `show` frame, resent on connect
+        self.status_frame: dict[str, Any] | None = None
+        self._cancel_flags: dict[str, threading.Event] = {}
+        self._state_dirty = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- state that survives a restart -------------------------------------------------
+    def _load_state(self) -> dict | None:
+        path = self.home / STATE_FILE
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s); starting with an empty queue", path, exc)
+            return None
+
+    async def _save_state_soon(self) -> None:
+        if self._state_dirty:
+            return
+        self._state_dirty = True
+        await asyncio.sleep(0.2)
+        self._state_dirty = False
+        data = json.dumps(self.show.snapshot()).encode()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, _atomic_write, self.home / STATE_FILE, data)
+        except OSError as exc:
+            log.warning("cannot save the queue state: %s", exc)
+
+    # ---- events in ----------------------------------------------------------------------
+    def feed(self, event: Any) -> None:
+        """Hand one event to the show and carry out what it decides (on the loop thread)."""
+        try:
+            effects = self.show.handle(event)
+        except Exception:  # the show is pure; a bug there must not kill the stream
+            log.exception("the show failed on %r", type(event).__name__)
+            return
+        for effect in effects:
+            asyncio.ensure_future(self._execute(effect))
+        asyncio.ensure_future(self._save_state_soon())
+
+    def feed_threadsafe(self, event: Any) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.feed, event)
+
+    def on_chat(self, event: ChatEvent) -> None:
+        self.feed(event)
+
+    def on_link_message(self, msg: dict[str, Any]) -> None:
+        """A message from an OBS script: settings or a button/hotkey action."""
+        now = time.monotonic()
+        kind = msg.get("type")
+        if kind == "action":
+            action = str(msg.get("action", ""))
+            arg = str(msg.get("arg", "") or "")
+            self.feed(show_mod.StreamerAction(action=action, arg=arg, now=now))
+        elif kind == "settings":
+            self._apply_obs_settings(msg.get("settings", msg))
+            self.feed(show_mod.SettingsChanged(now=now))
+
+    def _apply_obs_settings(self, values: Any) -> None:
+        """Apply the script's panel settings; each value is checked, bad ones are logged."""
+        if not isinstance(values, dict):
+            return
+        s = self.settings
+        offset = values.get("threshold_offset")
+        if isinstance(offset, (int, float)) and not isinstance(offset, bool):
+            if -1.0 <= offset <= 1.0:
+                s.safety.threshold_offset = float(offset)
+                if self.engine is not None and getattr(self.engine, "safety", None) is not None:
+                    self.engine.safety.offset = float(offset)
+        grid = values.get("grid")
+        if grid in (1, 4, 9) and not isinstance(grid, bool):
+            s.show.grid = int(grid)
+        mode = values.get("approval_mode")
+        if mode in APPROVAL_MODES:
+            s.safety.approval_mode = mode
+        slideshow = values.get("slideshow_seconds")
+        if isinstance(slideshow, (int, float)) and not isinstance(slideshow, bool):
+            if 0 <= slideshow <= 3600:
+                s.show.slideshow_seconds = float(slideshow)
+        save = values.get("save_images")
+        if isinstance(save, bool):
+            s.gallery.save_images = save
+        log.info(
+            "OBS settings: offset %+.4f, grid %d, approval %s, slideshow %gs",
+            s.safety.threshold_offset,
+            s.show.grid,
+            s.safety.approval_mode,
+            s.show.slideshow_seconds,
+        )
+
+    # ---- effects out --------------------------------------------------------------------
+    async def _execute(self, effect: Any) -> None:
+        try:
+            if isinstance(effect, show_mod.StartGeneration):
+                await self._generate(effect.request)
+            elif isinstance(effect, show_mod.CancelGeneration):
+                flag = self._cancel_flags.get(effect.request_id)
+                if flag is not None:
+                    flag.set()
+            elif isinstance(effect, show_mod.Display):
+                await self._display(effect.entry_id, effect.reveal)
+            elif isinstance(effect, show_mod.Approve):
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self.gallery.approve, effect.entry_id)
+            elif isinstance(effect, show_mod.Reply):
+                await self.chat.say(effect.text, effect.reply_to)
+            elif isinstance(effect, show_mod.Status):
+                await self._status(effect.text)
+            elif isinstance(effect, show_mod.Shutdown):
+                await self._broadcast(protocol.make_bye("the host was terminated from chat"))
+                self.stopped.set()
+            else:
+                log.warning("unknown effect %r", effect)
+        except Exception:
+            log.exception("carrying out %s failed", type(effect).__name__)
+
+    async def _generate(self, request: GenerationRequest) -> None:
+        flag = threading.Event()
+        self._cancel_flags[request.id] = flag
+        loop = asyncio.get_running_loop()
+
+        def on_step(step: int, total: int) -> None:
+            self.feed_threadsafe(
+                show_mod.GenerationProgress(
+                    request_id=request.id, step=step, total=total, now=time.monotonic()
+                )
+            )
+
+        def work() -> Entry:
+            result = self.engine.generate(request.params, request, on_step=on_step, cancelled=flag)
+            return self.gallery.add(result, self.settings.safety.approval_mode)
+
+        try:
+            entry = await loop.run_in_executor(self.worker, work)
+        except Exception as exc:  # engine errors carry a reason fit for chat
+            reason = str(exc) or type(exc).__name__
+            if type(exc).__name__ not in ("EngineError", "Cancelled", "GenerationCancelled"):
+                log.exception("generation %s failed", request.id)
+            event: Any = show_mod.GenerationFailed(
+                request_id=request.id, reason=reason, now=time.monotonic()
+            )
+        else:
+            log.info(
+                "image %d for @%s ready (%s): %s",
+                entry.id,
+                entry.requester,
+                entry.outcome,
+                entry.prompt[:80],
+            )
+            event = show_mod.GenerationFinished(
+                request_id=request.id, entry=entry, now=time.monotonic()
+            )
+        finally:
+            self._cancel_flags.pop(request.id, None)
+        self.feed(event)
+
+    async def _display(self, entry_id: int | None, reveal: bool) -> None:
+        if entry_id is None:
+            self.on_screen = None
+            await self._broadcast(protocol.make_clear())
+            return
+        loop = asyncio.get_running_loop()
+        entry = await loop.run_in_executor(None, self.gallery.get, entry_id)
+        png = await loop.run_in_executor(None, self.gallery.screen_png, entry_id, reveal)
+        if entry is None or png is None:
+            log.warning("entry %s has no image to show", entry_id)
+            return
+        frame = protocol.make_show(
+            entry.id,
+            png,
+            requester=entry.requester,
+            prompt=entry.prompt,
+            held=entry.outcome == "held" and not reveal,
+            blurred=entry.outcome == "blurred" and not reveal,
+        )
+        self.on_screen = frame
+        await self._broadcast(frame)
+
+    async def _status(self, text: str) -> None:
+        progress = getattr(self.show, "_progress", None) or (0, 0)
+        self.status_frame = protocol.make_status(
+            text, step=progress[0], total=progress[1], queue=self.show.queued
+        )
+        await self._broadcast(self.status_frame)
+
+    async def _broadcast(self, frame: dict[str, Any]) -> None:
+        if self.link is not None:
+            await self.link.broadcast(frame)
+
+    def initial_state(self) -> list[dict[str, Any]]:
+        """What a newly connected OBS needs: what is on screen now and the status."""
+        return [protocol.make_state(self.on_screen, self.status_frame)]
+
+    # ---- the loop -----------------------------------------------------------------------
+    async def _ticker(self) -> None:
+        while not self.stopped.is_set():
+            await asyncio.sleep(TICK_SECONDS)
+            self.feed(show_mod.Tick(now=time.monotonic()))
+
+    async def run(self, on_ready: Callable[[Any], None] | None = None) -> int:
+        from generator_host.link import LinkServer
+
+        self._loop = asyncio.get_running_loop()
+        self.link = LinkServer(
+            self.settings.link, self.link_token, self.on_link_message, self.initial_state
+        )
+        await self.link.start()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self.stopped.set)
+        # Put back on screen what was there before a restart, and resume the queue.
+        self.feed(show_mod.SettingsChanged(now=time.monotonic()))
+        if on_ready is not None:
+            on_ready(self)
+        chat_task = asyncio.ensure_future(self.chat.run(self.on_chat))
+        ticker = asyncio.ensure_future(self._ticker())
+        stop_task = asyncio.ensure_future(self.stopped.wait())
+        done, _ = await asyncio.wait({chat_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if chat_task in done and not self.stopped.is_set():
+            exc = chat_task.exception()
+            if exc is not None:
+                self.exit_code = _exit_code_for(exc)
+            else:
+                await self._drain()
+        ticker.cancel()
+        for cancel in self._cancel_flags.values():
+            cancel.set()
+        chat_task.cancel()
+        with contextlib.suppress(Exception):
+            await self.chat.close()
+        data = json.dumps(self.show.snapshot()).encode()
+        with contextlib.suppress(OSError):
+            _atomic_write(self.home / STATE_FILE, data)
+        await self.link.stop()
+        self.worker.shutdown(wait=True, cancel_futures=True)
+        return self.exit_code
+
+    async def _drain(self) -> None:
+        """End of input (a piped demo): finish what is queued, then stop."""
+        while not self.stopped.is_set() and (self.show.running or self.show.queued):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # let the last image reach OBS
+
+
+def _exit_code_for(exc: BaseException) -> int:
+    from generator_host.cli import EXIT_ENGINE, EXIT_LOGIN
+
+    name = type(exc).__name__
+    if name == "LoginFailed":
+        print(f"Twitch login failed: {exc}", file=sys.stderr)
+        return EXIT_LOGIN
+    log.error("chat connection ended: %s", exc)
+    return EXIT_ENGINE
+
+
+def _load_engine(settings: Settings) -> Any:
+    from generator_host.engine import Engine, EngineError
+
+    engine = Engine(settings.model, settings.safety)
+    try:
+        engine.load()
+    except EngineError as exc:
+        print(f"Cannot load the model: {exc}", file=sys.stderr)
+        return None
+    return engine
+
+
+def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any, str]:
+    from generator_host.gallery import Gallery
+    from generator_host.link import load_or_create_token
+
+    home.mkdir(parents=True, exist_ok=True)
+    gallery_dir = Path(settings.gallery.folder) if settings.gallery.folder else home / "gallery"
+    gallery = Gallery(gallery_dir)
+    token_path = token_dir / "link-token"
+    token = settings.link.token or load_or_create_token(token_path)
+    print(f"Gallery folder: {gallery_dir}")
+    print(f"OBS link: ws://{settings.link.host}:{settings.link.port} (token file {token_path})")
+    engine = _load_engine(settings)
+    return engine, gallery, token
+
+
+def _serve(settings: Settings, home: Path, token_dir: Path, chat: Any) -> int:
+    from generator_host.cli import EXIT_ENGINE
+
+    engine, gallery, token = _prepare(settings, home, token_dir)
+    if engine is None:
+        return EXIT_ENGINE
+
+    async def main() -> int:
+        host = Host(settings, home, chat, engine, gallery, token)
+
+        def ready(h: Host) -> None:
+            print(f"OBS link listening on port {h.link.port}", flush=True)
+            print("Ready.", flush=True)
+
+        return await host.run(on_ready=ready)
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_demo(settings: Settings, home: Path) -> int:
+    """The demo: tiny built-in model, the terminal as the broadcaster's chat."""
+    from generator_host.chat.console import ConsoleAdapter
+    from generator_host.tiny_model import build_tiny_model, default_tiny_model_dir
+
+    folder = default_tiny_model_dir()
+    print(f"Chat Diffusion demo. Tiny random-weight model (builds once): {folder}", flush=True)
+    started = time.monotonic()
+    build_tiny_model(folder)
+    print(f"Model ready in {time.monotonic() - started:.1f} s.", flush=True)
+    settings.model.model = str(folder)
+    settings.model.device = "cpu"
+    settings.moderation.user_cooldown_seconds = 0.0
+    print(
+        "Type chat commands as the broadcaster, e.g.  !generate a red fox   (!help lists all; "
+        "Ctrl-C quits).",
+        flush=True,
+    )
+    return _serve(settings, home, home.parent, ConsoleAdapter())
+
+
+def run_twitch(settings: Settings, home: Path) -> int:
+    from generator_host.chat.irc import TwitchChat
+
+    print(f"Joining #{settings.twitch.channel} on {settings.twitch.host}:{settings.twitch.port}")
+    return _serve(settings, home, home, TwitchChat(settings.twitch))

@@ -1,0 +1,64 @@
+"""A terminal stands in for Twitch chat in the demo: each stdin line is a chat message.
+
+Lines come from the broadcaster (all commands allowed). `/as <login> <text>` sends a line
+as an ordinary viewer, to try the queue, cooldowns and permissions without Twitch.
+The bot's answers are printed. Same ChatAdapter shape as chat/irc.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from generator_host.chat.ircparse import sanitize
+from generator_host.chat.message import ChatEvent, ChatMessage, Role, Viewer
+
+
+class ConsoleAdapter:
+    """Chat from a terminal; `run` returns at end of input (Ctrl-D)."""
+
+    def __init__(
+        self, login: str = "streamer", stdin: TextIO | None = None, stdout: TextIO | None = None
+    ):
+        self.login = (login or "streamer").lower()
+        self._stdin = stdin or sys.stdin
+        self._stdout = stdout or sys.stdout
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def to_event(self, line: str) -> ChatMessage | None:
+        """One terminal line -> a ChatMessage (None for a blank line)."""
+        text = line.strip()
+        if not text:
+            return None
+        viewer = Viewer(
+            login=self.login, display_name=self.login, user_id="0", role=Role.BROADCASTER
+        )
+        if text.startswith("/as "):
+            _, login, *rest = text.split(" ", 2)
+            viewer = Viewer(login=login.lstrip("@").lower(), display_name=login.lstrip("@"))
+            text = rest[0] if rest else ""
+        return ChatMessage(
+            viewer=viewer, text=text, msg_id=f"console-{next(self._ids)}", now=time.monotonic()
+        )
+
+    async def run(self, on_event: Callable[[ChatEvent], None]) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            line = await loop.run_in_executor(None, self._stdin.readline)
+            if not line:  # end of input
+                return
+            event = self.to_event(line)
+            if event is not None:
+                on_event(event)
+
+    async def say(self, text: str, reply_to: str = "") -> None:
+        self._stdout.write(f"[bot] {sanitize(text)}\n")
+        self._stdout.flush()
+
+    async def close(self) -> None:
+        self._closed = True

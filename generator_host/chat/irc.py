@@ -1,0 +1,310 @@
+"""Twitch chat over IRC (TLS, port 6697 by default): the ChatAdapter for real streams.
+
+Why a small asyncio client of our own instead of an IRC library: Twitch speaks a narrow
+dialect (IRCv3 tags, CLEARMSG/CLEARCHAT/RECONNECT, its own login NOTICEs, a strict
+per-account send limit) and we need only ~200 lines of it. The general IRC libraries
+(irc, pydle, bottom) either run their own loop or thread, or hide reconnects and sending
+behind behaviour we would have to override to get Twitch's rules exactly right; twitchio
+pulls in its own HTTP client and is moving to EventSub. Parsing and building lines live
+in the pure `ircparse` module, so the socket part here stays small and every rule is
+tested against a real socket (tests/twitch_server.py).
+
+What it does: PASS/NICK, `CAP REQ :twitch.tv/tags twitch.tv/commands`, JOIN; answers
+PING; on RECONNECT reconnects at once and rejoins; after a drop reconnects with
+exponential backoff (with jitter); raises `LoginFailed` on Twitch's login NOTICEs; sends
+through a limiter that never lets more than `send_limit` messages out in any
+`send_window`; drops the oldest waiting reply when too many pile up. The token is never
+logged or shown in a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from generator_host.chat import ircparse
+from generator_host.chat.message import ChatEvent
+from generator_host.settings import TwitchSettings
+
+log = logging.getLogger("generator_host.chat.irc")
+
+LOGIN_FAILURES = ("login authentication failed", "improperly formatted auth", "login unsuccessful")
+_READ_CHUNK = 65536
+_MAX_LINE = 65536
+
+
+class LoginFailed(Exception):
+    """Twitch refused the login; the message says what to check (never the token itself)."""
+
+
+class SendLimiter:
+    """A token bucket whose tokens each come back `window` seconds after they were spent.
+
+    So at most `limit` sends happen in ANY window of that length, which is how Twitch
+    counts (a plain refill-rate bucket can burst past it). A small margin keeps clock
+    differences from tipping us over.
+    """
+
+    def __init__(self, limit: int, window: float, margin: float = 0.03) -> None:
+        self.limit = max(1, limit)
+        self.window = window * (1 + margin)
+        self._spent: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next send may go out."""
+        while self._spent and now - self._spent[0] >= self.window:
+            self._spent.popleft()
+        if len(self._spent) < self.limit:
+            return 0.0
+        return self._spent[0] + self.window - now
+
+    def spend(self, now: float) -> None:
+        self._spent.append(now)
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Create (or replace) a file readable and writable by the user alone (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class _Dropped(Exception):
+    """The connection ended; reconnect (after backoff unless `now`)."""
+
+    def __init__(self, reason: str, now: bool = False) -> None:
+        super().__init__(reason)
+        self.now = now
+
+
+class TwitchAdapter:
+    """Twitch IRC as a ChatAdapter: `run(on_event)`, `say(text, reply_to)`, `close()`."""
+
+    def __init__(
+        self,
+        settings: TwitchSettings,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        backoff_base: float = 1.0,
+        stable_seconds: float = 30.0,
+        login_timeout: float = 15.0,
+        idle_timeout: float = 360.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.channel = settings.channel.lower().lstrip("#")
+        self.login = (settings.login or self.channel).lower()
+        self._ssl = ssl_context
+        self.backoff_base = backoff_base
+        self.stable_seconds = stable_seconds
+        self.login_timeout = login_timeout
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.limiter = SendLimiter(settings.send_limit, settings.send_window)
+        self._pending: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._closing = False
+        self._logged_in = False
+        self.connected = asyncio.Event()  # set while logged in and joined
+        self.connections = 0
+        self.dropped_sends = 0
+
+    def __repr__(self) -> str:  # never the token
+        return f"TwitchAdapter(channel={self.channel!r}, login={self.login!r})"
+
+    # ---- ChatAdapter ------------------------------------------------------------------------
+    async def run(self, on_event: Callable[[ChatEvent], None]) -> None:
+        """Connect, read forever, reconnect; returns after close(); raises LoginFailed."""
+        if not self.channel:
+            raise LoginFailed('no Twitch channel set: put channel = "yourname" under [twitch]')
+        if not self.settings.token.strip():
+            raise LoginFailed(
+                "no Twitch token: set the environment variable CHAT_DIFFUSION_TWITCH_TOKEN "
+                "(or token under [twitch]) to an OAuth token with chat:read and chat:write"
+            )
+        failures = 0
+        while not self._closing:
+            started = self.clock()
+            try:
+                await self._session(on_event)
+                return  # closed on purpose
+            except _Dropped as drop:
+                if self._closing:
+                    return
+                if drop.now:
+                    log.info("Twitch asked us to reconnect; reconnecting now")
+                    failures = 0
+                    continue
+                if self.clock() - started >= self.stable_seconds:
+                    failures = 0
+                delay = min(self.backoff_base * 2**failures, self.settings.reconnect_max_seconds)
+                delay *= random.uniform(0.8, 1.2)
+                failures += 1
+                log.warning("Twitch chat connection lost (%s); reconnecting in %.1f s", drop, delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+
+    async def say(self, text: str, reply_to: str = "") -> None:
+        """Queue a message; it goes out as soon as the send limit allows."""
+        line = ircparse.build_privmsg(self.channel, text, reply_to)
+        if not line:
+            return
+        if len(self._pending) >= max(1, self.settings.max_pending_sends):
+            self._pending.popleft()
+            self.dropped_sends += 1
+            log.info("chat send queue full; dropped the oldest waiting message")
+        self._pending.append(line)
+        self._wake.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._stop.set()
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    # ---- one connection -----------------------------------------------------------------------
+    async def _session(self, on_event: Callable[[ChatEvent], None]) -> None:
+        s = self.settings
+        ctx = self._ssl
+        if s.tls and ctx is None:
+            ctx = ssl.create_default_context()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(s.host, s.port, ssl=ctx if s.tls else None),
+                timeout=self.login_timeout,
+            )
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise _Dropped(f"cannot connect to {s.host}:{s.port}: {exc}") from None
+        self._writer = writer
+        self.connections += 1
+        sender: asyncio.Task[None] | None = None
+        try:
+            token = s.token.strip()
+            token = token if token.startswith("oauth:") else f"oauth:{token}"
+            self._write_raw(writer, ircparse.build_line("PASS", token))
+            self._write_raw(writer, ircparse.build_line("NICK", self.login))
+            self._write_raw(writer, "CAP REQ :twitch.tv/tags twitch.tv/commands\r\n")
+            await writer.drain()
+            log.info("connecting to Twitch chat as %s", self.login)
+            self._logged_in = False
+            deadline = self.clock() + self.login_timeout
+            async for line in self._lines(reader, writer, deadline):
+                cmd = line.command
+                if cmd == "PING":
+                    self._write_raw(
+                        writer,
+                        ircparse.build_line(
+                            "PONG", line.trailing or "tmi.twitch.tv", trailing=True
+                        ),
+                    )
+                elif cmd == "001":
+                    self._logged_in = True
+                    self._write_raw(writer, ircparse.build_line("JOIN", f"#{self.channel}"))
+                elif cmd == "JOIN" and line.nick.lower() == self.login:
+                    log.info("joined #%s", self.channel)
+                    self.connected.set()
+                    if sender is None:
+                        sender = asyncio.ensure_future(self._send_loop(writer))
+                elif cmd == "RECONNECT":
+                    raise _Dropped("RECONNECT", now=True)
+                elif cmd == "NOTICE" and any(f in line.trailing.lower() for f in LOGIN_FAILURES):
+                    raise LoginFailed(
+                        f"Twitch refused the login for {self.login!r}: {line.trailing!r}. "
+                        "Check that the token is valid, belongs to that account and has "
+                        "the chat:read and chat:write scopes"
+                    )
+                elif cmd == "NOTICE":
+                    log.info("Twitch notice: %s", ircparse.sanitize(line.trailing, 200))
+                else:
+                    event = ircparse.to_event(line, self.clock())
+                    if event is not None:
+                        try:
+                            on_event(event)
+                        except Exception:  # the host's bug must not cut the chat
+                            log.exception("handling a chat event failed")
+                await writer.drain()
+            if not self._closing:
+                raise _Dropped("connection closed by Twitch")
+        except (ConnectionError, OSError) as exc:
+            if self._closing:
+                return
+            raise _Dropped(str(exc) or type(exc).__name__) from None
+        finally:
+            self.connected.clear()
+            self._writer = None
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _lines(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        deadline: float,
+    ) -> AsyncIterator[ircparse.Line]:
+        """Complete lines as they arrive (split across reads or many per read)."""
+        buffer = b""
+        pinged = False
+        while not self._closing:
+            timeout = self.idle_timeout if self._logged_in else max(0.1, deadline - self.clock())
+            try:
+                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=timeout)
+            except asyncio.TimeoutError:
+                if not self._logged_in:
+                    raise _Dropped("no answer to the login") from None
+                if pinged:
+                    raise _Dropped("no answer to our PING") from None
+                pinged = True
+                self._write_raw(writer, "PING :tmi.twitch.tv\r\n")
+                continue
+            if not data:
+                return
+            pinged = False
+            buffer += data
+            *complete, buffer = buffer.split(b"\n")
+            if len(buffer) > _MAX_LINE:
+                buffer = b""  # a runaway line: drop it rather than grow without end
+            for raw in complete:
+                line = ircparse.parse_line(raw.decode("utf-8", errors="replace"))
+                if line is not None:
+                    yield line
+
+    def _write_raw(self, writer: asyncio.StreamWriter, line: str) -> None:
+        writer.write(line.encode("utf-8"))
+
+    async def _send_loop(self, writer: asyncio.StreamWriter) -> None:
+        """Drain waiting messages no faster than the send limit allows."""
+        while not self._closing:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            delay = self.limiter.delay(self.clock())
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            line = self._pending.popleft()
+            self.limiter.spend(self.clock())
+            self._write_raw(writer, line)
+            await writer.drain()

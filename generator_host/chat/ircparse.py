@@ -1,0 +1,166 @@
+"""IRC lines in Twitch's dialect, both ways. Pure: strings in, values out, never raises.
+
+In: `parse_line` splits `@tags :prefix COMMAND params :trailing` and unescapes IRCv3 tag
+values (`\\s` space, `\\:` semicolon, `\\\\` backslash, `\\r`, `\\n`); `to_event` turns a
+PRIVMSG / CLEARMSG / CLEARCHAT into the show's chat events with the viewer's role read
+from tags and badges.
+Out: `build_privmsg` is the only way a chat message leaves the bot. It removes CR, LF
+and every other control character (so a prompt can never smuggle an extra IRC line),
+caps the text at 500 characters and threads replies with `reply-parent-msg-id`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from generator_host.chat.message import (
+    ChatEvent,
+    ChatMessage,
+    MessageDeleted,
+    Role,
+    UserRemoved,
+    Viewer,
+)
+
+MAX_MESSAGE = 500
+_UNESCAPE = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+_ESCAPE = {";": "\\:", " ": "\\s", "\\": "\\\\", "\r": "\\r", "\n": "\\n"}
+_MSG_ID = re.compile(r"[^A-Za-z0-9_-]")
+_CHANNEL = re.compile(r"[^a-z0-9_]")
+
+
+@dataclass(frozen=True)
+class Line:
+    """One parsed IRC line."""
+
+    command: str
+    params: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+
+    @property
+    def nick(self) -> str:
+        return self.prefix.split("!", 1)[0]
+
+    @property
+    def trailing(self) -> str:
+        return self.params[-1] if self.params else ""
+
+
+def unescape_tag_value(value: str) -> str:
+    """IRCv3 message-tags unescaping; an unknown `\\x` is `x`, a lone final `\\` is dropped."""
+    if "\\" not in value:
+        return value
+    out: list[str] = []
+    chars = iter(value)
+    for c in chars:
+        if c == "\\":
+            nxt = next(chars, "")
+            out.append(_UNESCAPE.get(nxt, nxt))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def escape_tag_value(value: str) -> str:
+    return "".join(_ESCAPE.get(c, c) for c in value)
+
+
+def parse_tags(raw: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in raw.split(";"):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        tags[key] = unescape_tag_value(value)
+    return tags
+
+
+def parse_line(raw: str) -> Line | None:
+    """Parse one line (without CR LF); None when there is no command."""
+    line = raw.rstrip("\r\n")
+    tags: dict[str, str] = {}
+    prefix = ""
+    if line.startswith("@"):
+        raw_tags, _, line = line[1:].partition(" ")
+        tags = parse_tags(raw_tags)
+        line = line.lstrip(" ")
+    if line.startswith(":"):
+        prefix, _, line = line[1:].partition(" ")
+        line = line.lstrip(" ")
+    head, sep, trailing = line.partition(" :")
+    if line.startswith(":"):
+        head, sep, trailing = "", ":", line[1:]
+    words = head.split()
+    if not words:
+        return None
+    params = words[1:] + ([trailing] if sep else [])
+    return Line(command=words[0].upper(), params=params, tags=tags, prefix=prefix)
+
+
+def role_from_tags(tags: dict[str, str]) -> Role:
+    """Highest role from `badges` (broadcaster, moderator, vip, subscriber/founder) and flags."""
+    badges = {b.partition("/")[0] for b in tags.get("badges", "").split(",") if b}
+    if "broadcaster" in badges:
+        return Role.BROADCASTER
+    if "moderator" in badges or tags.get("mod") == "1":
+        return Role.MODERATOR
+    if "vip" in badges or tags.get("vip") == "1":
+        return Role.VIP
+    if badges & {"subscriber", "founder"} or tags.get("subscriber") == "1":
+        return Role.SUBSCRIBER
+    return Role.EVERYONE
+
+
+def viewer_from(line: Line) -> Viewer:
+    login = line.nick.lower()
+    return Viewer(
+        login=login,
+        display_name=line.tags.get("display-name", "") or login,
+        user_id=line.tags.get("user-id", ""),
+        role=role_from_tags(line.tags),
+    )
+
+
+def to_event(line: Line, now: float) -> ChatEvent | None:
+    """The show's event for a chat line, or None for everything the show does not need."""
+    if line.command == "PRIVMSG" and len(line.params) >= 2:
+        return ChatMessage(
+            viewer=viewer_from(line), text=line.trailing, msg_id=line.tags.get("id", ""), now=now
+        )
+    if line.command == "CLEARMSG":
+        msg_id = line.tags.get("target-msg-id", "")
+        return MessageDeleted(msg_id=msg_id, now=now) if msg_id else None
+    if line.command == "CLEARCHAT" and len(line.params) >= 2:
+        return UserRemoved(login=line.trailing.strip().lower(), now=now)
+    return None
+
+
+def sanitize(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Every control character becomes a space (CR, LF, NUL, U+2028...), then cap the length."""
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    return " ".join(cleaned.split())[:limit].rstrip()
+
+
+def build_privmsg(channel: str, text: str, reply_to: str = "") -> str:
+    """The exact line (with CR LF) that sends `text`; "" when nothing printable is left.
+
+    A leading `/` or `.` is dropped so text can never read as a chat command.
+    """
+    body = sanitize(text).lstrip("/.").lstrip()
+    chan = _CHANNEL.sub("", channel.lower().lstrip("#"))
+    if not body or not chan:
+        return ""
+    parent = _MSG_ID.sub("", reply_to)[:64]
+    tags = f"@reply-parent-msg-id={parent} " if parent else ""
+    return f"{tags}PRIVMSG #{chan} :{body}\r\n"
+
+
+def build_line(command: str, *params: str, trailing: bool = False) -> str:
+    """A simple outgoing command line (PASS, NICK, CAP, JOIN, PONG); control chars removed."""
+    parts = [sanitize(p, 450) for p in params]
+    if parts and (trailing or " " in parts[-1] or parts[-1].startswith(":") or not parts[-1]):
+        parts[-1] = ":" + parts[-1]
+    return " ".join([command, *parts]) + "\r\n"

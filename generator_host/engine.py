@@ -1,0 +1,592 @@
+"""The generator engine: a diffusers text-to-image pipeline plus the safety judge.
+
+Called on the worker thread only (the asyncio loop never waits on it). One request is one
+batched pipeline call with one seed per image; every image is then judged on its own.
+Failures become `EngineError` with a reason fit for chat, and the engine stays usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from generator_host.generation import (
+    GeneratedImage,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    Requester,
+)
+from generator_host.safety import SafetyError, SafetyJudge, load_checker
+from generator_host.settings import ModelSettings, SafetySettings
+
+log = logging.getLogger(__name__)
+
+OnStep = Callable[[int, int], None]
+
+# A1111's sampler names, so gallery metadata reads like the tools people know.
+SAMPLER_NAMES = {
+    "PNDMScheduler": "PLMS",
+    "DDIMScheduler": "DDIM",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+}
+
+FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    steps: int
+    guidance: float
+    size: int | None  # None: the model's native size
+
+
+FAMILY_DEFAULTS = {
+    "turbo": FamilyDefaults(steps=1, guidance=0.0, size=512),
+    "sdxl-turbo": FamilyDefaults(steps=1, guidance=0.0, size=512),
+    "sd": FamilyDefaults(steps=25, guidance=7.0, size=None),
+    "sdxl": FamilyDefaults(steps=25, guidance=6.0, size=None),
+}
+
+
+class EngineError(Exception):
+    """A request or the model failed; str(error) is a reason the requester can be told."""
+
+
+class Cancelled(EngineError):
+    """The request was cancelled while queued or running."""
+
+    def __init__(self, reason: str = "cancelled") -> None:
+        super().__init__(reason)
+
+
+class OutOfMemory(EngineError):
+    """The device ran out of memory even after retrying with a smaller batch."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises OutOfMemoryError; MPS and some CPU paths raise RuntimeError with a message."""
+    import torch
+
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(
+        torch.cuda, "OutOfMemoryError", None
+    )
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def pick_device(wanted: str) -> str:
+    """`auto`: CUDA, then Apple's MPS, then the CPU."""
+    import torch
+
+    if wanted != "auto":
+        if wanted == "cuda" and not torch.cuda.is_available():
+            raise EngineError("[model] device = 'cuda' but no CUDA GPU is available to torch")
+        mps = getattr(torch.backends, "mps", None)
+        if wanted == "mps" and not (mps and mps.is_available()):
+            raise EngineError("[model] device = 'mps' but MPS is not available on this machine")
+        return wanted
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, wanted: str = "auto") -> Any:
+    """fp16 on CUDA (half the memory, twice the speed), fp32 elsewhere unless configured."""
+    import torch
+
+    names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    if wanted in names:
+        return names[wanted]
+    return torch.float16 if device == "cuda" else torch.float32
+
+
+def resolve_source(model: str) -> tuple[str, bool]:
+    """(source, is_local_folder); a path that does not exist is an error, not a hub id."""
+    text = model.strip()
+    if not text:
+        raise EngineError("no model configured: set [model] model to a hub id or a folder")
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EngineError(f"model path {text!r} is a file; point it at the model's folder")
+        return str(path), True
+    if re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", text) and not text.startswith("."):
+        return text, False
+    raise EngineError(f"model folder not found: {text!r}")
+
+
+def family_of(model: str, pipe: Any, configured: str = "auto") -> str:
+    """Model family for defaults: the setting, else the pipeline class and the name."""
+    if configured != "auto":
+        return configured
+    xl = "XL" in type(pipe).__name__
+    turbo = "turbo" in model.lower()
+    if xl:
+        return "sdxl-turbo" if turbo else "sdxl"
+    return "turbo" if turbo else "sd"
+
+
+def sampler_name(pipe: Any) -> str:
+    name = type(pipe.scheduler).__name__
+    return SAMPLER_NAMES.get(name, name.removesuffix("Scheduler"))
+
+
+def _settings_key(p: GenerationParams) -> tuple[int, float, int, int]:
+    return (p.steps, p.guidance, p.width, p.height)
+
+
+class Engine:
+    """Loads the pipeline once, then turns GenerationParams into judged images."""
+
+    def __init__(self, model: ModelSettings, safety: SafetySettings) -> None:
+        self.model_settings = model
+        self.safety_settings = safety
+        self.safety = SafetyJudge(offset=safety.threshold_offset, enabled=safety.enabled)
+        self.pipe: Any = None
+        self.device = "cpu"
+        self.dtype: Any = None
+        self.family = "sd"
+        self.model_name = ""
+        self.native_size = 512
+        self.sampler = ""
+        self._per_image: dict[tuple[Any, int], float] = {}  # (settings, batch) -> s/image
+        self._calls = 0
+
+    # ----- loading -----------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self.pipe is not None
+
+    def load(self) -> None:
+        """Load pipeline and checker, then warm up; raises EngineError with a clear reason."""
+        settings = self.model_settings
+        if settings.family not in FAMILIES:
+            raise EngineError(f"[model] family must be one of {FAMILIES}, not {settings.family!r}")
+        source, local = resolve_source(settings.model)
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(self.device, settings.dtype)
+        pipe = self._load_pipeline(source, local)
+        self.model_name = Path(source).name if local else source
+        self.family = family_of(settings.model, pipe, settings.family)
+        self.sampler = sampler_name(pipe)
+        vae_factor = getattr(pipe, "vae_scale_factor", 8)
+        sample = getattr(getattr(pipe, "unet", None), "config", None)
+        sample_size = getattr(sample, "sample_size", 64) if sample is not None else 64
+        if isinstance(sample_size, (list, tuple)):
+            sample_size = sample_size[0]
+        self.native_size = int(sample_size) * int(vae_factor)
+
+        checker = getattr(pipe, "safety_checker", None)
+        extractor = getattr(pipe, "feature_extractor", None)
+        if "safety_checker" in getattr(pipe, "components", {}):
+            # The pipeline must never black out images itself: the judge decides.
+            pipe.safety_checker = None
+        if self.safety_settings.enabled:
+            self._attach_checker(checker, extractor, source if local else None)
+        else:
+            log.warning(
+                "SAFETY CHECKER OFF ([safety] enabled = false): every image goes on stream "
+                "unchecked"
+            )
+            self.safety.checker = None
+            self.safety.enabled = False
+
+        if settings.cpu_offload and self.device == "cuda":
+            pipe.enable_model_cpu_offload()
+        else:
+            if settings.cpu_offload:
+                log.warning("[model] cpu_offload needs a CUDA GPU; ignored on %s", self.device)
+            pipe.to(self.device)
+        if settings.attention_slicing:
+            pipe.enable_attention_slicing()
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        log.info(
+            "model %s loaded (%s, %s on %s, %s), defaults %s",
+            self.model_name,
+            type(pipe).__name__,
+            self.family,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self.defaults(),
+        )
+        if settings.warmup:
+            self.warm_up()
+
+    def _load_pipeline(self, source: str, local: bool) -> Any:
+        from diffusers import AutoPipelineForText2Image
+
+        if local and not (Path(source) / "model_index.json").is_file():
+            raise EngineError(
+                f"{source!r} is not a diffusers model folder (model_index.json is missing)"
+            )
+        if not local:
+            self._announce_download(source)
+        try:
+            return AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype)
+        except Exception as exc:  # noqa: BLE001 - every loader failure becomes a reason
+            where = "folder" if local else "model"
+            raise EngineError(f"cannot load {where} {source!r}: {_short(exc)}") from exc
+
+    def _announce_download(self, repo: str) -> None:
+        """Say where the hub cache is, and that a first download takes a while."""
+        try:
+            from huggingface_hub import constants, try_to_load_from_cache
+
+            cached = try_to_load_from_cache(repo, "model_index.json")
+            cache = constants.HF_HUB_CACHE
+        except Exception:  # noqa: BLE001 - only a log line depends on it
+            return
+        if isinstance(cached, str):
+            log.info("model %s found in the cache at %s", repo, cache)
+        else:
+            log.warning(
+                "model %s is not downloaded yet: downloading it once into %s "
+                "(several GB; progress below)",
+                repo,
+                cache,
+            )
+
+    def _attach_checker(self, checker: Any, extractor: Any, folder: str | None) -> None:
+        if checker is None or extractor is None:
+            source = self.safety_settings.checker
+            log.info("the model has no safety checker; loading %s", source)
+            try:
+                checker, extractor = load_checker(source, self.device, self.dtype)
+            except SafetyError as exc:
+                raise EngineError(str(exc)) from exc
+        else:
+            log.info("using the model's own safety checker%s", f" from {folder}" if folder else "")
+        checker.to(self.device)
+        checker.eval()
+        self.safety.checker = checker
+        self.safety.feature_extractor = extractor
+        self.safety.enabled = True
+
+    def warm_up(self) -> None:
+        """One 1-step image at the default size, so the first chat request is not the slow one."""
+        started = time.perf_counter()
+        d = self.defaults()
+        params = GenerationParams("warm-up", steps=1, guidance=d["guidance"], width=d["width"],
+                                  height=d["height"], seed=0, count=1)  # fmt: skip
+        try:
+            self.generate(params)
+        except EngineError as exc:
+            raise EngineError(f"the model loaded but could not generate: {exc}") from exc
+        log.info("warm-up took %.2f s", time.perf_counter() - started)
+
+    # ----- parameters ----------------------------------------------------------------
+    def defaults(self) -> dict[str, Any]:
+        """Steps, guidance, width and height for this model, the streamer's settings first."""
+        s = self.model_settings
+        fam = FAMILY_DEFAULTS.get(self.family, FAMILY_DEFAULTS["sd"])
+        size = fam.size or self.native_size
+        if self.family in ("turbo", "sdxl-turbo") and self.native_size < size:
+            size = self.native_size
+        steps = s.steps if s.steps > 0 else fam.steps
+        guidance = s.guidance if s.guidance >= 0 else fam.guidance
+        return {
+            "steps": min(steps, s.max_steps),
+            "guidance": guidance,
+            "width": min(s.width or size, s.max_size),
+            "height": min(s.height or size, s.max_size),
+        }
+
+    def clamp(self, params: GenerationParams) -> GenerationParams:
+        """Fill unset values from the defaults and hold every value inside the streamer's caps.
+
+        0 (or a negative guidance) means "the default". Sizes snap to multiples of 8.
+        """
+        s = self.model_settings
+        d = self.defaults()
+        steps = params.steps if params.steps > 0 else d["steps"]
+        guidance = params.guidance if params.guidance >= 0 else d["guidance"]
+        if not math.isfinite(guidance):
+            guidance = d["guidance"]
+        width = params.width if params.width > 0 else d["width"]
+        height = params.height if params.height > 0 else d["height"]
+
+        def size(v: int) -> int:
+            return max(64, min(int(s.max_size) // 8 * 8, int(v) // 8 * 8))
+
+        return replace(
+            params,
+            steps=max(1, min(int(steps), s.max_steps)),
+            guidance=max(0.0, min(float(guidance), s.max_guidance)),
+            width=size(width),
+            height=size(height),
+            count=max(1, min(int(params.count), s.max_images)),
+            seed=int(params.seed) % (2**63),
+        )
+
+    # ----- generation ----------------------------------------------------------------
+    def generate(
+        self,
+        params: GenerationParams,
+        request: GenerationRequest | None = None,
+        *,
+        on_step: OnStep | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Generate params.count images in one call, one seed each, each judged alone."""
+        result = self.generate_many([params], [request], on_step=on_step, cancelled=[cancelled])[0]
+        if isinstance(result, EngineError):
+            raise result
+        return result
+
+    def generate_many(
+        self,
+        params: Sequence[GenerationParams],
+        requests: Sequence[GenerationRequest | None] | None = None,
+        *,
+        on_step: OnStep | None = None,
+        cancelled: Sequence[threading.Event | None] | None = None,
+    ) -> list[GenerationResult | EngineError]:
+        """Several waiting requests, micro-batched into shared pipeline calls when faster.
+
+        Requests with the same steps, guidance and size share a call (at most
+        [model] max_batch requests per call). Returns one result or one EngineError per
+        request, in order; a failure of one call does not stop the others.
+        """
+        if not self.loaded:
+            raise EngineError("the model is not loaded yet")
+        n = len(params)
+        reqs = list(requests) if requests is not None else [None] * n
+        events = list(cancelled) if cancelled is not None else [None] * n
+        if len(reqs) != n or len(events) != n:
+            raise ValueError("params, requests and cancelled must have the same length")
+        clamped = [self.clamp(p) for p in params]
+        out: list[GenerationResult | EngineError | None] = [None] * n
+        for group in self._plan(clamped):
+            batch = [i for i in group if not (events[i] is not None and events[i].is_set())]
+            for i in group:
+                if i not in batch:
+                    out[i] = Cancelled()
+            if not batch:
+                continue
+            try:
+                results = self._run_batch(
+                    [clamped[i] for i in batch],
+                    [reqs[i] for i in batch],
+                    on_step,
+                    [events[i] for i in batch],
+                )
+            except EngineError as exc:
+                for i in batch:
+                    out[i] = exc
+                continue
+            for i, res in zip(batch, results, strict=True):
+                out[i] = res
+        return [r if r is not None else EngineError("not generated") for r in out]
+
+    def _plan(self, params: list[GenerationParams]) -> list[list[int]]:
+        """Group request indexes into pipeline calls: same settings, up to max_batch each."""
+        limit = max(1, self.model_settings.max_batch)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(_settings_key(p), []).append(i)
+        plan: list[list[int]] = []
+        for key, idxs in groups.items():
+            size = limit if self._batching_pays(key, limit) else 1
+            plan += [idxs[j : j + size] for j in range(0, len(idxs), size)]
+        return sorted(plan, key=lambda g: g[0])
+
+    def _batching_pays(self, key: tuple[Any, ...], limit: int) -> bool:
+        """Batch unless measurements show a batched call costs as much per image as single ones.
+
+        Every 20th call re-tries batching so a changed machine state is noticed.
+        """
+        if limit <= 1:
+            return False
+        self._calls += 1
+        single = self._per_image.get((key, 1))
+        batched = [v for (k, b), v in self._per_image.items() if k == key and b > 1]
+        if single is None or not batched or self._calls % 20 == 0:
+            return True
+        return min(batched) < single * 0.95
+
+    def _run_batch(
+        self,
+        batch: list[GenerationParams],
+        requests: list[GenerationRequest | None],
+        on_step: OnStep | None,
+        events: list[threading.Event | None],
+    ) -> list[GenerationResult]:
+        """One pipeline call for all images of these requests; OOM retries once in halves."""
+        prompts: list[str] = []
+        negatives: list[str] = []
+        seeds: list[int] = []
+        for p in batch:
+            prompts += [p.prompt] * p.count
+            negatives += [p.negative_prompt] * p.count
+            seeds += p.seeds()
+
+        def is_cancelled() -> bool:
+            return all(e is not None and e.is_set() for e in events)
+
+        started = time.perf_counter()
+        try:
+            images = self._images(batch[0], prompts, negatives, seeds, on_step, is_cancelled)
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if not is_out_of_memory(exc):
+                log.exception("generation failed")
+                raise EngineError(f"generation failed: {_short(exc)}") from exc
+            images = self._retry_smaller(batch[0], prompts, negatives, seeds, on_step, is_cancelled)
+        seconds = time.perf_counter() - started
+        key = (_settings_key(batch[0]), len(batch))
+        per_image = seconds / max(1, len(seeds))
+        old = self._per_image.get(key)
+        self._per_image[key] = per_image if old is None else 0.7 * old + 0.3 * per_image
+
+        try:
+            scores, flagged, offset = self.safety.judge(images)
+        except Exception as exc:  # noqa: BLE001 - never show an image that was not judged
+            log.exception("safety check failed")
+            raise EngineError(f"the safety check failed: {_short(exc)}") from exc
+
+        results: list[GenerationResult] = []
+        at = 0
+        for p, req, ev in zip(batch, requests, events, strict=True):
+            tiles = [
+                GeneratedImage(image=images[at + k], seed=seeds[at + k], scores=scores[at + k],
+                               flagged=flagged[at + k])  # fmt: skip
+                for k in range(p.count)
+            ]
+            at += p.count
+            if ev is not None and ev.is_set():
+                continue  # cancelled while batched with others: its images are dropped
+            results.append(
+                GenerationResult(
+                    request=req or _anonymous_request(p),
+                    images=tiles,
+                    params=p,
+                    model=self.model_name,
+                    sampler=self.sampler,
+                    seconds=seconds,
+                    extra={
+                        "device": self.device,
+                        "dtype": str(self.dtype).removeprefix("torch."),
+                        "batch_requests": len(batch),
+                        "safety_offset": offset,
+                        "safety_enabled": self.safety.enabled,
+                        "family": self.family,
+                    },
+                )
+            )
+        if len(results) != len(batch):
+            raise Cancelled()  # only reachable with one request; others are filtered above
+        return results
+
+    def _retry_smaller(self, p, prompts, negatives, seeds, on_step, is_cancelled) -> list[Any]:  # noqa: ANN001
+        """After an out-of-memory: free the cache and run the images in halves, once."""
+        import torch
+
+        log.warning("out of memory with %d images in one call; retrying in halves", len(seeds))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = max(1, len(seeds) // 2)
+        images: list[Any] = []
+        try:
+            for j in range(0, len(seeds), half):
+                sl = slice(j, j + half)
+                images += self._images(p, prompts[sl], negatives[sl], seeds[sl], on_step,
+                                       is_cancelled)  # fmt: skip
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if is_out_of_memory(exc):
+                raise OutOfMemory(
+                    "out of memory on the GPU: try fewer images or a smaller size"
+                ) from exc
+            log.exception("generation failed on retry")
+            raise EngineError(f"generation failed: {_short(exc)}") from exc
+        return images
+
+    def _images(
+        self,
+        p: GenerationParams,
+        prompts: list[str],
+        negatives: list[str],
+        seeds: list[int],
+        on_step: OnStep | None,
+        is_cancelled: Callable[[], bool],
+    ) -> list[Any]:
+        """The pipeline call: per-image generators, progress per real timestep, cancellation."""
+        import torch
+
+        if is_cancelled():
+            raise Cancelled()
+        gen_device = "cpu" if self.device == "mps" else self.device
+        generators = [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
+        pipe = self.pipe
+
+        def callback(pipe_: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if is_cancelled():
+                pipe_._interrupt = True
+                raise Cancelled()
+            if on_step is not None:
+                total = len(pipe_.scheduler.timesteps)
+                try:
+                    on_step(i + 1, total)
+                except Exception:  # noqa: BLE001 - a progress listener must not kill a request
+                    log.exception("progress callback failed")
+            return kwargs
+
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "num_inference_steps": p.steps,
+            "guidance_scale": p.guidance,
+            "width": p.width,
+            "height": p.height,
+            "generator": generators,
+            "callback_on_step_end": callback,
+            "output_type": "pil",
+        }
+        if p.guidance > 1.0 and any(negatives):
+            kwargs["negative_prompt"] = negatives
+        with torch.inference_mode():
+            out = self.call_pipeline(**kwargs)
+        images = list(out.images)
+        if len(images) != len(seeds):
+            raise EngineError(f"the pipeline returned {len(images)} images for {len(seeds)}")
+        return images
+
+    def call_pipeline(self, **kwargs: Any) -> Any:
+        """The one place the pipeline is called (a seam for fault-injection tests)."""
+        return self.pipe(**kwargs)
+
+
+def _anonymous_request(p: GenerationParams) -> GenerationRequest:
+    return GenerationRequest(id="", requester=Requester(login=""), params=p, created=time.time())
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

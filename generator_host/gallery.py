@@ -1,0 +1,452 @@
+"""The gallery: every image as a PNG with metadata, a SQLite history, held images kept private.
+
+Layout under the gallery folder:
+    images/YYYY-MM/<id>-<n>.png   public: shown images (and flagged ones once approved)
+    held/<id>-<n>.png             private: flagged images until approved (or for ever)
+    history.sqlite3               the index: survives restarts, instant at 10,000 entries
+File names come from the entry id only, never from chat text. Disk trouble (a full disk,
+a read-only folder) is logged once and never stops an image being shown: the tiles of
+recent entries are kept in memory and the screen image is composed from them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from generator_host import grid
+from generator_host.generation import Entry, GenerationResult
+from generator_host.settings import APPROVAL_MODES
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "chat-diffusion"  # iTXt chunk holding the JSON metadata
+MEMORY_ENTRIES = 16  # recent entries whose tiles stay in memory
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    negative_prompt TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    steps INTEGER NOT NULL,
+    guidance REAL NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    created REAL NOT NULL,
+    mode TEXT NOT NULL,
+    flagged TEXT NOT NULL,
+    files TEXT NOT NULL
+);
+"""
+ENTRY_COLUMNS = (
+    "id, request_id, requester, prompt, negative_prompt, seed, steps, guidance, width, "
+    "height, count, model, outcome, created"
+)
+DISPLAYABLE = ("shown", "blurred", "held", "approved")
+
+
+def _clean(text: str) -> str:
+    """Chat text for metadata: control characters become spaces (a newline would forge keys)."""
+    return "".join(c if c.isprintable() else " " for c in text).strip()
+
+
+def outcome_for(flagged: list[bool], mode: str) -> str:
+    """What the approval mode makes of a request: shown, blurred, held or skipped."""
+    if mode not in APPROVAL_MODES:
+        raise ValueError(f"unknown approval mode {mode!r}: use one of {APPROVAL_MODES}")
+    if mode == "off" or not any(flagged):
+        return "shown"
+    return {"blur": "blurred", "hold": "held", "skip": "skipped"}[mode]
+
+
+def parameters_text(result: GenerationResult, index: int) -> str:
+    """AUTOMATIC1111's `parameters` text for one tile, so common PNG-info tools read it."""
+    p = result.used_params
+    img = result.images[index]
+    return (
+        f"{_clean(p.prompt)}\n"
+        f"Negative prompt: {_clean(p.negative_prompt)}\n"
+        f"Steps: {p.steps}, Sampler: {result.sampler}, CFG scale: {float(p.guidance)}, "
+        f"Seed: {img.seed}, Size: {img.image.width}x{img.image.height}, "
+        f"Model: {_clean(result.model)}"
+    )
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Gallery:
+    """PNG files + SQLite history; thread-safe, so saving can run off the event loop."""
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        save_images: bool = True,
+        legacy_folder: Path | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.public_dir = self.folder / "images"
+        self.held_dir = self.folder / "held"
+        self.save_images = save_images
+        self.legacy_folder = Path(legacy_folder) if legacy_folder else None
+        self._lock = threading.RLock()
+        self._tiles: OrderedDict[int, list[Image.Image]] = OrderedDict()
+        self._memory_rows: dict[int, tuple[Any, ...]] = {}  # entries the DB could not take
+        self._reported: set[str] = set()
+        self._db = self._open_db()
+
+    # ----- storage helpers -------------------------------------------------------------
+    def _open_db(self) -> sqlite3.Connection:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.folder / "history.sqlite3", check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(SCHEMA)
+            return db
+        except (OSError, sqlite3.Error) as exc:
+            self._report("db", f"cannot open the history in {self.folder}: {exc}; "
+                               "history is kept in memory until restart")  # fmt: skip
+            db = sqlite3.connect(":memory:", check_same_thread=False)
+            db.executescript(SCHEMA)
+            return db
+
+    def _report(self, kind: str, message: str) -> None:
+        """Log a disk problem once per kind, so a full disk does not flood the log."""
+        if kind not in self._reported:
+            self._reported.add(kind)
+            log.error("gallery: %s", message)
+
+    def _save(self, path: Path, data: bytes) -> bool:
+        try:
+            write_atomic(path, data)
+            return True
+        except OSError as exc:
+            self._report("write", f"cannot write {path} ({exc}); images are still shown")
+            return False
+
+    # ----- adding ------------------------------------------------------------------------
+    def add(self, result: GenerationResult, approval_mode: str) -> Entry:
+        """Store a finished request and decide its outcome under `approval_mode`."""
+        if not result.images:
+            raise ValueError("a result without images cannot be added to the gallery")
+        mode = approval_mode
+        flagged = [bool(img.flagged) for img in result.images]
+        outcome = outcome_for(flagged, mode)
+        p = result.used_params
+        req = result.request
+        created = time.time()
+        row = (
+            req.id, _clean(req.requester.name), _clean(p.prompt), _clean(p.negative_prompt),
+            int(result.images[0].seed), p.steps, float(p.guidance),
+            result.images[0].image.width, result.images[0].image.height,
+            len(result.images), _clean(result.model), outcome, created, mode,
+            json.dumps(flagged),
+        )  # fmt: skip
+        with self._lock:
+            entry_id = self._insert(row)
+            self._remember(entry_id, [img.image for img in result.images])
+            files = self._save_tiles(entry_id, result, mode, flagged, created)
+            self._update(entry_id, files=json.dumps(files))
+            entry = self.get(entry_id)
+        assert entry is not None
+        return entry
+
+    def _insert(self, row: tuple[Any, ...]) -> int:
+        sql = (
+            "INSERT INTO entries (request_id, requester, prompt, negative_prompt, seed, steps,"
+            " guidance, width, height, count, model, outcome, created, mode, flagged, files)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'[]')"
+        )
+        try:
+            with self._db:
+                cur = self._db.execute(sql, row)
+            return int(cur.lastrowid)
+        except sqlite3.Error as exc:
+            self._report("db-write", f"cannot write the history ({exc}); kept in memory")
+            top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0]
+            entry_id = max([int(top), *self._memory_rows]) + 1
+            self._memory_rows[entry_id] = (entry_id, *row, "[]")
+            return entry_id
+
+    def _update(self, entry_id: int, **values: Any) -> None:
+        if entry_id in self._memory_rows:
+            cols = ["id", "request_id", "requester", "prompt", "negative_prompt", "seed", "steps",
+                    "guidance", "width", "height", "count", "model", "outcome", "created", "mode",
+                    "flagged", "files"]  # fmt: skip
+            row = list(self._memory_rows[entry_id])
+            for k, v in values.items():
+                row[cols.index(k)] = v
+            self._memory_rows[entry_id] = tuple(row)
+            return
+        sets = ", ".join(f"{k} = ?" for k in values)
+        try:
+            with self._db:
+                self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?",
+                                 (*values.values(), entry_id))  # fmt: skip
+        except sqlite3.Error as exc:
+            self._report("db-write", f"cannot write the history ({exc})")
+
+    def _remember(self, entry_id: int, tiles: list[Image.Image]) -> None:
+        self._tiles[entry_id] = tiles
+        self._tiles.move_to_end(entry_id)
+        while len(self._tiles) > MEMORY_ENTRIES:
+            self._tiles.popitem(last=False)
+
+    def _tile_path(self, entry_id: int, index: int, public: bool, created: float) -> Path:
+        name = f"{entry_id:06d}-{index + 1}.png"
+        if not public:
+            return self.held_dir / name
+        month = datetime.fromtimestamp(created, tz=timezone.utc).strftime("%Y-%m")
+        return self.public_dir / month / name
+
+    def _save_tiles(
+        self, entry_id: int, result: GenerationResult, mode: str, flagged: list[bool],
+        created: float,
+    ) -> list[str]:  # fmt: skip
+        """Write each tile as PNG + metadata; flagged tiles go to the private folder."""
+        files: list[str] = []
+        if not self.save_images:
+            return files
+        checked = mode != "off" and bool(result.extra.get("safety_enabled", True))
+        for k, img in enumerate(result.images):
+            public = not flagged[k] or mode == "off"
+            path = self._tile_path(entry_id, k, public, created)
+            data = self._png_bytes(result, k, entry_id, mode, checked, created)
+            files.append(str(path.relative_to(self.folder)) if self._save(path, data) else "")
+        return files
+
+    def _png_bytes(self, result: GenerationResult, k: int, entry_id: int, mode: str,
+                   checked: bool, created: float) -> bytes:  # fmt: skip
+        img = result.images[k]
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", parameters_text(result, k))
+        scores = img.scores.to_dict() if img.scores is not None else None
+        meta = {
+            "entry": entry_id,
+            "tile": k + 1,
+            "request_id": result.request.id,
+            "requester": _clean(result.request.requester.name),
+            "requester_login": _clean(result.request.requester.login),
+            "time": datetime.fromtimestamp(created, tz=timezone.utc).isoformat(),
+            "safety": {
+                "scores": scores,
+                "flagged": bool(img.flagged),
+                "verdict": ("flagged" if img.flagged else "ok") if scores is not None
+                else "unchecked",
+                "offset": result.extra.get("safety_offset"),
+                "approval_mode": mode,
+                "checked": checked,
+            },
+        }  # fmt: skip
+        info.add_itxt(METADATA_KEY, json.dumps(meta))
+        buf = io.BytesIO()
+        img.image.convert("RGB").save(buf, format="PNG", pnginfo=info)
+        return buf.getvalue()
+
+    # ----- reading -------------------------------------------------------------------------
+    def _row(self, entry_id: int) -> tuple[Any, ...] | None:
+        if entry_id in self._memory_rows:
+            return self._memory_rows[entry_id]
+        cur = self._db.execute(f"SELECT {ENTRY_COLUMNS}, mode, flagged, files FROM entries "
+                               "WHERE id = ?", (entry_id,))  # fmt: skip
+        return cur.fetchone()
+
+    @staticmethod
+    def _entry(row: tuple[Any, ...]) -> Entry:
+        return Entry(*row[:14])
+
+    def get(self, entry_id: int) -> Entry | None:
+        """The entry with this id, or None."""
+        with self._lock:
+            row = self._row(int(entry_id))
+        return self._entry(row) if row else None
+
+    def recent(self, n: int) -> list[Entry]:
+        """The n newest entries, newest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries ORDER BY id DESC "
+                                    "LIMIT ?", (max(0, int(n)),)).fetchall()  # fmt: skip
+            extra = [r[:14] for r in self._memory_rows.values()]
+        entries = [self._entry(r) for r in rows + extra]
+        return sorted(entries, key=lambda e: e.id, reverse=True)[: max(0, int(n))]
+
+    def neighbours(self, entry_id: int) -> tuple[int | None, int | None]:
+        """(previous, next) displayable entry ids around `entry_id`, for !prev / !next."""
+        marks = ",".join("?" * len(DISPLAYABLE))
+        with self._lock:
+            prev = self._db.execute(
+                f"SELECT id FROM entries WHERE id < ? AND outcome IN ({marks}) "
+                "ORDER BY id DESC LIMIT 1", (entry_id, *DISPLAYABLE)).fetchone()  # fmt: skip
+            nxt = self._db.execute(
+                f"SELECT id FROM entries WHERE id > ? AND outcome IN ({marks}) "
+                "ORDER BY id ASC LIMIT 1", (entry_id, *DISPLAYABLE)).fetchone()  # fmt: skip
+        return (prev[0] if prev else None, nxt[0] if nxt else None)
+
+    def history_ids(self, n: int) -> list[int]:
+        """The newest n displayable entry ids, oldest first: the slideshow's playlist."""
+        marks = ",".join("?" * len(DISPLAYABLE))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM entries WHERE outcome IN ({marks}) ORDER BY id DESC LIMIT ?",
+                (*DISPLAYABLE, max(0, int(n)))).fetchall()  # fmt: skip
+        return [r[0] for r in reversed(rows)]
+
+    def _load_tiles(self, entry_id: int, row: tuple[Any, ...]) -> list[Image.Image] | None:
+        if entry_id in self._tiles:
+            return self._tiles[entry_id]
+        files = json.loads(row[16] or "[]")
+        if not files or not all(files):
+            return None
+        tiles = []
+        try:
+            for rel in files:
+                with Image.open(self.folder / rel) as im:
+                    tiles.append(im.convert("RGB"))
+        except OSError as exc:
+            self._report("read", f"cannot read entry {entry_id}'s images ({exc})")
+            return None
+        self._remember(entry_id, tiles)
+        return tiles
+
+    def screen_image(self, entry_id: int, reveal: bool = False) -> Image.Image | None:
+        """The grid as it may appear on stream; None when nothing may be shown.
+
+        Flagged tiles are shown unfiltered only when the entry was approved and `reveal`
+        is set, or when the check was off ("off" mode). Otherwise they are blurred or
+        replaced by the placeholder, by the mode the entry was made under.
+        """
+        with self._lock:
+            row = self._row(int(entry_id))
+            if row is None:
+                return None
+            tiles = self._load_tiles(int(entry_id), row)
+        if tiles is None:
+            return None
+        outcome, mode, flagged = row[12], row[14], json.loads(row[15])
+        if outcome == "approved" and reveal:
+            return grid.compose(tiles)
+        if outcome == "approved" and mode == "skip":
+            mode = "blur"  # approved after a skip, shown without reveal: blur, never bare
+        shown = grid.screen_tiles(tiles, flagged, mode)
+        return grid.compose(shown) if shown is not None else None
+
+    def screen_png(self, entry_id: int, reveal: bool = False) -> bytes | None:
+        """`screen_image` as PNG bytes, ready for the OBS link; None when nothing is shown."""
+        image = self.screen_image(entry_id, reveal)
+        if image is None:
+            return None
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+
+    def tile_path(self, entry_id: int, index: int) -> Path | None:
+        """Where a tile's PNG is on disk (public or held), or None when it was not saved."""
+        with self._lock:
+            row = self._row(int(entry_id))
+        if row is None:
+            return None
+        files = json.loads(row[16] or "[]")
+        if not 0 <= index < len(files) or not files[index]:
+            return None
+        return self.folder / files[index]
+
+    # ----- approval ------------------------------------------------------------------------
+    def approve(self, entry_id: int) -> Entry:
+        """The streamer approved: held images move to the public folder; outcome "approved".
+
+        Raises LookupError for an unknown id. An entry with nothing flagged stays as it is.
+        """
+        with self._lock:
+            row = self._row(int(entry_id))
+            if row is None:
+                raise LookupError(f"no gallery entry {entry_id}")
+            entry = self._entry(row)
+            if entry.outcome not in ("blurred", "held", "skipped"):
+                return entry
+            files = json.loads(row[16] or "[]")
+            moved = []
+            for k, rel in enumerate(files):
+                if rel and (self.folder / rel).parent == self.held_dir:
+                    dest = self._tile_path(entry.id, k, True, entry.created)
+                    try:
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(self.folder / rel, dest)
+                        rel = str(dest.relative_to(self.folder))
+                    except OSError as exc:
+                        self._report("move", f"cannot move an approved image ({exc})")
+                moved.append(rel)
+            self._update(entry.id, outcome="approved", files=json.dumps(moved))
+            approved = self.get(entry.id)
+        assert approved is not None
+        return approved
+
+    # ----- legacy outputs ------------------------------------------------------------------
+    def publish_legacy(self, entry_id: int | None, reveal: bool = False) -> None:
+        """For OBS set-ups without the script: stream.png, requester.txt and prompt.txt.
+
+        Each is written atomically (temporary file, then rename), so OBS never reads half a
+        file. None clears the screen. Nothing happens when no legacy folder is configured.
+        """
+        if self.legacy_folder is None:
+            return
+        entry = self.get(entry_id) if entry_id is not None else None
+        png = self.screen_png(entry_id, reveal) if entry is not None else None
+        if png is None:
+            png = _blank_png()
+            entry = None
+        folder = self.legacy_folder
+        self._save(folder / "stream.png", png)
+        self._save(folder / "requester.txt", (entry.requester if entry else "").encode("utf-8"))
+        self._save(folder / "prompt.txt", (entry.prompt if entry else "").encode("utf-8"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _blank_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_png_metadata(path_or_bytes: Path | bytes) -> dict[str, Any]:
+    """The `parameters` text and the JSON metadata of a gallery PNG (for tools and !params)."""
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    with Image.open(src) as im:
+        text = dict(getattr(im, "text", {}) or {})
+    meta = text.get(METADATA_KEY)
+    return {"parameters": text.get("parameters"), "meta": json.loads(meta) if meta else None}

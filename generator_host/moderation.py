@@ -1,0 +1,251 @@
+"""Who may ask for what: blocklist, cooldowns, per-user and global limits, modes, ignores.
+
+Pure except `load_blocklist`, which reads the list file once. The show asks the
+`Moderator` before it queues anything and answers a refusal with the reason returned
+here, so every rule a viewer can run into is in this one file.
+
+The blocklist matches whole words after normalising both the prompt and the list the
+same way: case folded, accents dropped, look-alike characters mapped (Cyrillic `а`, `0`,
+`@`, `$` ...), punctuation treated as space, and runs of single letters joined
+(`n u d e`, `n.u.d.e`). A line may be a word, a phrase, a word ending in `*` (prefix)
+or a `/regular expression/` that sees the normalised text.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from generator_host.chat.message import Role, Viewer
+from generator_host.settings import ModerationSettings
+
+_LOOKALIKE = str.maketrans(
+    {
+        "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b",
+        "@": "a", "$": "s", "€": "e",
+        # Cyrillic and Greek letters that look Latin
+        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o",
+        "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ѕ": "s",
+        "ј": "j", "ԁ": "d", "ɡ": "g", "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k",
+        "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ѵ": "v",
+    }
+)  # fmt: skip
+_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+_MAX_RUN = 40
+
+
+def normalize(text: str) -> str:
+    """Lower-case, accent-free, look-alikes mapped, punctuation as space, single spaces."""
+    text = unicodedata.normalize("NFKD", text.casefold())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = _NON_WORD.sub(" ", text.translate(_LOOKALIKE))
+    return " ".join(text.split())
+
+
+def _words_with_joined_runs(words: list[str]) -> list[str]:
+    """Words plus every join of consecutive single letters (`n u d e` -> `nude`)."""
+    out = list(words)
+    run: list[str] = []
+    for word in [*words, ""]:
+        if len(word) == 1:
+            run.append(word)
+            continue
+        if len(run) > 1:
+            run = run[:_MAX_RUN]
+            out += ["".join(run[i:j]) for i in range(len(run)) for j in range(i + 2, len(run) + 1)]
+        run = []
+    return out
+
+
+@dataclass
+class Blocklist:
+    words: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    phrases: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    pattern: re.Pattern[str] | None = None
+
+    @classmethod
+    def from_lines(cls, lines: list[str]) -> tuple[Blocklist, list[str]]:
+        """Build from list-file lines; `#` starts a comment. Returns the list and problems."""
+        words: set[str] = set()
+        prefixes: list[str] = []
+        phrases: dict[str, list[tuple[str, ...]]] = {}
+        patterns: list[str] = []
+        problems: list[str] = []
+        for number, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if len(line) > 2 and line.startswith("/") and line.endswith("/"):
+                try:
+                    re.compile(line[1:-1])
+                    patterns.append(f"(?:{line[1:-1]})")
+                except re.error as exc:
+                    problems.append(f"blocklist line {number}: bad pattern ({exc}); ignored")
+                continue
+            star = line.endswith("*")
+            norm = normalize(line.rstrip("*")).split()
+            if not norm:
+                continue
+            if star and len(norm) == 1:
+                prefixes.append(norm[0])
+            elif len(norm) == 1:
+                words.add(norm[0])
+            else:
+                phrases.setdefault(norm[0], []).append(tuple(norm))
+        pattern = re.compile("|".join(patterns)) if patterns else None
+        return cls(frozenset(words), tuple(prefixes), phrases, pattern), problems
+
+    def match(self, text: str) -> bool:
+        """True when the text contains a blocked word, phrase or pattern."""
+        norm = normalize(text)
+        words = norm.split()
+        candidates = _words_with_joined_runs(words)
+        if not self.words.isdisjoint(candidates):
+            return True
+        if self.prefixes and any(w.startswith(self.prefixes) for w in candidates):
+            return True
+        if self.phrases:
+            for i, word in enumerate(words):
+                for phrase in self.phrases.get(word, ()):
+                    if tuple(words[i : i + len(phrase)]) == phrase:
+                        return True
+        return bool(self.pattern and self.pattern.search(norm))
+
+
+def default_blocklist_path() -> Path:
+    return Path(str(resources.files("generator_host") / "data" / "blocklist.txt"))
+
+
+def load_blocklist(path: str = "") -> tuple[Blocklist, list[str]]:
+    """Read the streamer's list file (empty path: the shipped default)."""
+    file = Path(path).expanduser() if path else default_blocklist_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems = [f"blocklist {file}: cannot read ({exc}); using the default list"]
+        if not path:
+            return Blocklist(), problems
+        block, more = load_blocklist("")
+        return block, problems + more
+    return Blocklist.from_lines(text.splitlines())
+
+
+def parse_mode(text: str) -> Role | None:
+    """Who may request images: everyone, subscribers (and up) or moderators (and up)."""
+    return {
+        "everyone": Role.EVERYONE,
+        "all": Role.EVERYONE,
+        "open": Role.EVERYONE,
+        "off": Role.EVERYONE,
+        "subscriber": Role.SUBSCRIBER,
+        "subscribers": Role.SUBSCRIBER,
+        "sub": Role.SUBSCRIBER,
+        "subs": Role.SUBSCRIBER,
+        "subonly": Role.SUBSCRIBER,
+        "moderator": Role.MODERATOR,
+        "moderators": Role.MODERATOR,
+        "mod": Role.MODERATOR,
+        "mods": Role.MODERATOR,
+        "modonly": Role.MODERATOR,
+    }.get(text.strip().lower())
+
+
+MODE_NAMES = {
+    Role.EVERYONE: "everyone",
+    Role.SUBSCRIBER: "subscribers",
+    Role.MODERATOR: "moderators",
+}
+
+
+class Moderator:
+    """The rules between a viewer's command and the queue; state: cooldowns, mode, ignores."""
+
+    def __init__(self, settings: ModerationSettings, blocklist: Blocklist | None = None) -> None:
+        self.settings = settings
+        self.problems: list[str] = []
+        if blocklist is None:
+            blocklist, self.problems = load_blocklist(settings.blocklist_file)
+        self.blocklist = blocklist
+        self.mode = parse_mode(settings.mode) or Role.EVERYONE
+        self.exempt = parse_mode(settings.exempt_role) or Role.MODERATOR
+        self.ignored_extra: set[str] = set()
+        self.unignored: set[str] = set()
+        self._ignored_cfg: frozenset[str] = frozenset()
+        self._last_request: dict[str, float] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the settings the streamer may change while live (ignored users)."""
+        self._ignored_cfg = frozenset(
+            u.strip().lstrip("@").lower() for u in self.settings.ignored_users
+        )
+
+    def is_ignored(self, login: str) -> bool:
+        if login in self.ignored_extra:
+            return True
+        return login in self._ignored_cfg and login not in self.unignored
+
+    def ignore(self, login: str, on: bool) -> None:
+        (self.ignored_extra.add if on else self.ignored_extra.discard)(login)
+        (self.unignored.discard if on else self.unignored.add)(login)
+
+    def check_prompt(self, prompt: str) -> str | None:
+        """Reason to refuse this prompt text, or None. Never echoes the blocked word."""
+        limit = self.settings.max_prompt_length
+        if len(prompt) > limit:
+            return f"the prompt is {len(prompt)} characters; the limit is {limit}"
+        if self.blocklist.match(prompt):
+            return "the prompt contains a blocked word"
+        return None
+
+    def check_request(
+        self, viewer: Viewer, now: float, queued_by_user: int, queued_total: int
+    ) -> str | None:
+        """Reason to refuse queueing a request now (mode, cooldown, limits), or None."""
+        if viewer.role < self.mode:
+            return f"only {MODE_NAMES.get(self.mode, 'moderators')} can request images right now"
+        exempt = viewer.role >= self.exempt
+        if not exempt:
+            last = self._last_request.get(viewer.login)
+            wait = self.settings.user_cooldown_seconds - (now - last) if last is not None else 0
+            if wait > 0:
+                return f"cooldown: try again in {wait:.0f} s"
+            limit = self.settings.max_queued_per_user
+            if queued_by_user >= limit:
+                return f"you already have {queued_by_user} request(s) waiting (limit {limit})"
+        if queued_total >= self.settings.max_queue:
+            return f"the queue is full ({self.settings.max_queue}); try again later"
+        return None
+
+    def note_request(self, login: str, now: float) -> None:
+        """Start the viewer's cooldown; old entries are pruned so a flood stays bounded."""
+        self._last_request[login] = now
+        if len(self._last_request) > 4096:
+            cutoff = now - self.settings.user_cooldown_seconds
+            self._last_request = {k: t for k, t in self._last_request.items() if t > cutoff}
+
+    def negative_prompt(self, user_negative: str) -> str:
+        """The viewer's negative prompt with the streamer's forced one appended."""
+        forced = self.settings.forced_negative_prompt.strip()
+        parts = [p for p in (user_negative.strip(), forced) if p]
+        return ", ".join(parts)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "mode": MODE_NAMES.get(self.mode, "everyone"),
+            "ignored": sorted(self.ignored_extra),
+            "unignored": sorted(self.unignored),
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        mode = state.get("mode")
+        if isinstance(mode, str):
+            self.mode = parse_mode(mode) or self.mode
+        for key, target in (("ignored", self.ignored_extra), ("unignored", self.unignored)):
+            values = state.get(key)
+            if isinstance(values, list):
+                target.update(str(v) for v in values)

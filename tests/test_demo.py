@@ -1,0 +1,131 @@
+"""`generator-host demo` as a newcomer meets it: type a command, get a picture.
+
+The real program runs in a subprocess with the tiny model; a websocket client plays the
+OBS script, so this proves chat -> show -> engine -> gallery -> link without OBS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import websocket
+from PIL import Image
+
+from obs_script import chat_diffusion_protocol as protocol
+
+pytestmark = pytest.mark.model
+
+
+def start_demo(tmp_path: Path, cache: Path) -> tuple[subprocess.Popen, list[str]]:
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "XDG_CACHE_HOME": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "generator_host", "demo", "--link-port", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def wait_for(lines: list[str], pattern: str, timeout: float) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            match = re.search(pattern, line)
+            if match:
+                return match
+        time.sleep(0.05)
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n" + "\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_demo_types_a_command_and_the_picture_reaches_obs_and_the_gallery(
+    tmp_path: Path, demo_cache: Path
+) -> None:
+    proc, lines = start_demo(tmp_path, demo_cache)
+    try:
+        port = int(wait_for(lines, r"OBS link listening on port (\d+)", 120).group(1))
+        wait_for(lines, r"^Ready\.", 30)
+        token_file = tmp_path / "data" / "chat-diffusion" / "link-token"
+        token = token_file.read_text().strip()
+        assert token and token not in "\n".join(lines), "the link token must not be printed"
+
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}", timeout=30, suppress_origin=True)
+        ws.send(json.dumps({"v": 1, "type": "hello", "token": token, "client": "test"}))
+        first = protocol.decode(ws.recv(), "host")
+        assert first.error == "" and first.message["type"] == "state"
+
+        assert proc.stdin is not None
+        proc.stdin.write("!generate a red fox\n")
+        proc.stdin.flush()
+        shown = None
+        deadline = time.monotonic() + 60
+        while shown is None and time.monotonic() < deadline:
+            msg = protocol.decode(ws.recv(), "host").message
+            if msg and msg["type"] == "show":
+                shown = msg
+        assert shown is not None, "\n".join(lines)
+        assert shown["prompt"] == "a red fox"
+        assert shown["requester"] == "streamer"
+        assert shown["image"].startswith(b"\x89PNG")
+        ws.close()
+
+        proc.stdin.write("!params\n")
+        proc.stdin.flush()
+        wait_for(lines, r"\[bot\].*seed \d+", 30)
+        proc.stdin.close()  # end of input: the demo finishes its queue and exits
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    pngs = sorted((tmp_path / "data" / "chat-diffusion" / "demo" / "gallery").rglob("*.png"))
+    assert pngs, "the demo must save the picture in its gallery"
+    with Image.open(pngs[-1]) as img:
+        assert "a red fox" in img.info["parameters"]
+        assert "Seed: " in img.info["parameters"]
+    assert any("Gallery folder:" in line for line in lines), "the demo says where files go"
+
+
+def test_demo_second_start_is_quick(tmp_path: Path, demo_cache: Path) -> None:
+    """The tiny model is built once into the cache; the next start reuses it."""
+    for _ in range(2):
+        started = time.monotonic()
+        proc, lines = start_demo(tmp_path, demo_cache)
+        try:
+            wait_for(lines, r"^Ready\.", 120)
+            ready = time.monotonic() - started
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=60)
+    assert ready < 15, f"second start took {ready:.1f}s"
+    assert any("Model ready" in line for line in lines)

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from generator_host import show as show_mod
-from obs_script import chat_diffusion_protocol as protocol
 from generator_host.chat.message import ChatEvent
 from generator_host.generation import Entry, GenerationRequest
-from generator_host.settings import APPROVAL_MODES, Settings
+from generator_host.settings import Settings
+from obs_script import chat_diffusion_protocol as protocol
 
 log = logging.getLogger("generator_host.app")
 
@@ -121,39 +121,26 @@ class Host:
             arg = str(msg.get("arg", "") or "")
             self.feed(show_mod.StreamerAction(action=action, arg=arg, now=now))
         elif kind == "settings":
-            self._apply_obs_settings(msg.get("settings", msg))
+            self._apply_obs_settings(msg)
             self.feed(show_mod.SettingsChanged(now=now))
 
-    def _apply_obs_settings(self, values: Any) -> None:
-        """Apply the script's panel settings; each value is checked, bad ones are logged."""
-        if not isinstance(values, dict):
-            return
+    def _apply_obs_settings(self, values: dict[str, Any]) -> None:
+        """Apply the script's panel settings (already validated by the protocol module)."""
         s = self.settings
-        offset = values.get("threshold_offset")
-        if isinstance(offset, (int, float)) and not isinstance(offset, bool):
-            if -1.0 <= offset <= 1.0:
-                s.safety.threshold_offset = float(offset)
-                if self.engine is not None and getattr(self.engine, "safety", None) is not None:
-                    self.engine.safety.offset = float(offset)
-        grid = values.get("grid")
-        if grid in (1, 4, 9) and not isinstance(grid, bool):
-            s.show.grid = int(grid)
-        mode = values.get("approval_mode")
-        if mode in APPROVAL_MODES:
-            s.safety.approval_mode = mode
-        slideshow = values.get("slideshow_seconds")
-        if isinstance(slideshow, (int, float)) and not isinstance(slideshow, bool):
-            if 0 <= slideshow <= 3600:
-                s.show.slideshow_seconds = float(slideshow)
-        save = values.get("save_images")
-        if isinstance(save, bool):
-            s.gallery.save_images = save
+        s.safety.threshold_offset = float(values["threshold_offset"])
+        if self.engine is not None and getattr(self.engine, "safety", None) is not None:
+            self.engine.safety.offset = s.safety.threshold_offset
+        s.show.grid = int(values["grid"])
+        s.safety.approval_mode = values["approval_mode"]
+        s.show.slideshow_seconds = float(values["slideshow_seconds"])
+        s.gallery.save_images = bool(values["save_images"])
         log.info(
-            "OBS settings: offset %+.4f, grid %d, approval %s, slideshow %gs",
+            "OBS settings: offset %+.4f, grid %d, approval %s, slideshow %gs, save %s",
             s.safety.threshold_offset,
             s.show.grid,
             s.safety.approval_mode,
             s.show.slideshow_seconds,
+            s.gallery.save_images,
         )
 
     # ---- effects out --------------------------------------------------------------------

@@ -583,7 +583,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default ./safety-report)")
     p.add_argument(
         "--offsets", default="auto", metavar="START:STOP:STEP",
-        help="offsets to sweep, e.g. -0.05:0.05:0.005 (default: auto, covering your data)",
+        help="offsets to sweep: --offsets=-0.05:0.05:0.005 (write the = when START is "
+        "negative) or a list such as 0,0.01,0.02; default: auto, covering your data",
     )  # fmt: skip
     p.add_argument(
         "--targets", default="10,5,1,0", metavar="PERCENTS",
@@ -615,7 +616,8 @@ def parse_offsets(text: str) -> list[float] | None:
             grid = sorted({float(v) for v in text.split(",") if v.strip()})
     except ValueError as exc:
         raise InputError(
-            f"--offsets {text!r}: {exc}; write START:STOP:STEP such as -0.05:0.05:0.005"
+            f"--offsets {text!r}: {exc}; write --offsets=START:STOP:STEP, "
+            "such as --offsets=-0.05:0.05:0.005"
         ) from None
     if not grid or grid[0] < rep.OFFSET_MIN or grid[-1] > rep.OFFSET_MAX:
         raise InputError(f"--offsets must lie between {rep.OFFSET_MIN} and {rep.OFFSET_MAX}")

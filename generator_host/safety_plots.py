@@ -126,6 +126,7 @@ def histograms(
                 )
         ax.legend(fontsize=8)
     _mark_offset(ax, configured, f"your offset {fmt_offset(configured)}")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("flag offset: the image is flagged at any offset above this")
     ax.set_ylabel("images")
     ax.set_title("Score distribution by label (left of your line = flagged)")

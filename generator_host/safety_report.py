@@ -266,10 +266,14 @@ def recommend(
         need = n - allowed  # images that must be flagged
         if need <= 0:
             offset = OFFSET_MIN
+        elif not u[need - 1] < OFFSET_MAX:  # also catches an image no offset flags (inf)
+            offset = math.inf
         else:
             offset = max(OFFSET_MIN, smallest_offset_above(u[need - 1], resolution))
-        if offset > OFFSET_MAX:
-            out.append(Recommendation(target, None, n, n, 0, len(s), 1.0, False))
+        if offset > OFFSET_MAX:  # report what the strictest setting would still miss
+            missed = n - count_flagged(u, OFFSET_MAX)
+            flagged_safe = count_flagged(s, OFFSET_MAX)
+            out.append(Recommendation(target, None, missed, n, flagged_safe, len(s), 1.0, False))
             continue
         missed = n - count_flagged(u, offset)
         enough = target > 0 and n >= images_needed(target)

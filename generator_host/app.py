@@ -60,6 +60,8 @@ class Host:
         self.link_token = link_token
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.show = show_mod.Show(settings, self._load_state())
+        for problem in self.show.problems:
+            log.warning("settings: %s", problem)
         self.link: Any = None
         self.stopped = asyncio.Event()
         self.exit_code = 0
@@ -379,7 +381,7 @@ def run_demo(settings: Settings, home: Path) -> int:
 
 
 def run_twitch(settings: Settings, home: Path) -> int:
-    from generator_host.chat.irc import TwitchChat
+    from generator_host.chat.irc import TwitchAdapter
 
     print(f"Joining #{settings.twitch.channel} on {settings.twitch.host}:{settings.twitch.port}")
-    return _serve(settings, home, home, TwitchChat(settings.twitch))
+    return _serve(settings, home, home, TwitchAdapter(settings.twitch))

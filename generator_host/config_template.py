@@ -25,12 +25,20 @@ send_window = 30.0
 host = "irc.chat.twitch.tv"
 port = 6697
 tls = true
+# Reconnect backoff after a dropped connection doubles up to this many seconds.
+reconnect_max_seconds = 60.0
+# Replies waiting for the send limit; older ones are dropped past this.
+max_pending_sends = 30
 
 [model]
 # A diffusers model id (downloaded once, with a progress bar) or a local folder.
 model = "stabilityai/sd-turbo"
+# auto | sd | turbo | sdxl | sdxl-turbo: picks default steps and guidance (auto: from the model).
+family = "auto"
 # auto | cuda | mps | cpu
 device = "auto"
+# auto (float16 on CUDA, float32 elsewhere) | float16 | bfloat16 | float32
+dtype = "auto"
 # 0 / -1 mean: the model family's default (Turbo: 1 step, guidance 0; SD 1.5: 25, 7).
 steps = 0
 guidance = -1.0
@@ -44,6 +52,9 @@ warmup = true
 # Caps that chat can never exceed.
 max_steps = 50
 max_size = 1024
+max_guidance = 20.0
+# Images one request may ask for (count=...); the grid setting is the default.
+max_images = 9
 # Memory savers for small GPUs.
 attention_slicing = false
 cpu_offload = false
@@ -64,6 +75,19 @@ grid = 1
 # Seconds between slideshow images; 0 is off.
 slideshow_seconds = 0.0
 command_prefix = "!"
+# Extra command words, "alias=command", e.g. ["gen=generate", "g=generate"].
+aliases = []
+# Minimum role per command, "command=role" (everyone, subscriber, vip, moderator,
+# broadcaster), e.g. ["approve=moderator"] lets moderators approve.
+command_roles = []
+# While others wait, a grid request is cut to one image to keep things moving.
+cut_to_one_when_waiting = true
+# How many past images !prev, !next and the slideshow can reach.
+history_size = 200
+# Refusal replies per send window; more are merged into one line per reason.
+refusal_replies = 6
+# !queue's wait estimate before any image was timed.
+first_estimate_seconds = 10.0
 
 [moderation]
 # Empty: the default blocklist shipped with the host. One word, phrase or /pattern/ a line.
@@ -74,6 +98,10 @@ user_cooldown_seconds = 30.0
 max_queued_per_user = 1
 max_queue = 50
 ignored_users = []
+# Who may request at start: everyone | subscribers | moderators (moderators switch it with !mode).
+mode = "everyone"
+# This role and above skip the cooldown and the per-user queue limit.
+exempt_role = "moderator"
 
 [link]
 # Where the OBS script connects. Keep 127.0.0.1 unless the host runs on another machine.
@@ -91,4 +119,6 @@ folder = ""
 save_images = true
 # Also write stream.png, requester.txt and prompt.txt for setups without the OBS script.
 legacy_files = false
+# Where the legacy files go; empty: <gallery folder>/stream
+legacy_folder = ""
 """

@@ -23,6 +23,10 @@ import platformdirs
 
 APP_NAME = "chat-diffusion"
 APPROVAL_MODES = ("blur", "hold", "skip", "off")
+MODES = ("everyone", "subscribers", "moderators")
+ROLES = ("everyone", "subscriber", "vip", "moderator", "broadcaster")
+FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
 def config_dir() -> Path:
@@ -171,12 +175,37 @@ def _validate(settings: Settings) -> list[str]:
         ("twitch", "port", lambda v: 0 < v <= 65535, "a port number"),
         ("moderation", "max_queue", lambda v: 1 <= v <= 10000, "between 1 and 10000"),
         ("moderation", "max_queued_per_user", lambda v: 1 <= v <= 100, "between 1 and 100"),
+        ("moderation", "mode", lambda v: v in MODES, f"one of {MODES}"),
+        ("moderation", "exempt_role", lambda v: v in ROLES, f"one of {ROLES}"),
+        ("moderation", "user_cooldown_seconds", lambda v: 0 <= v <= 86400, "0 to 86400"),
+        ("moderation", "max_prompt_length", lambda v: 1 <= v <= 2000, "between 1 and 2000"),
+        ("model", "family", lambda v: v in FAMILIES, f"one of {FAMILIES}"),
+        ("model", "dtype", lambda v: v in DTYPES, f"one of {DTYPES}"),
+        ("model", "max_size", lambda v: 64 <= v <= 4096, "between 64 and 4096"),
+        ("model", "max_images", lambda v: 1 <= v <= 16, "between 1 and 16"),
+        ("model", "max_guidance", lambda v: 0 <= v <= 50, "between 0 and 50"),
+        ("show", "slideshow_seconds", lambda v: 0 <= v <= 3600, "0 to 3600"),
+        ("show", "history_size", lambda v: 1 <= v <= 10000, "between 1 and 10000"),
+        ("show", "refusal_replies", lambda v: 0 <= v <= 100, "between 0 and 100"),
+        ("show", "first_estimate_seconds", lambda v: 0 < v <= 3600, "0 to 3600"),
+        (
+            "show",
+            "command_prefix",
+            lambda v: 1 <= len(v) <= 3 and v.isprintable() and " " not in v,
+            "1 to 3 printable characters",
+        ),
+        ("twitch", "send_limit", lambda v: 1 <= v <= 100, "between 1 and 100"),
+        ("twitch", "send_window", lambda v: 1 <= v <= 600, "between 1 and 600"),
+        ("twitch", "reconnect_max_seconds", lambda v: 1 <= v <= 3600, "between 1 and 3600"),
+        ("twitch", "max_pending_sends", lambda v: 0 <= v <= 1000, "between 0 and 1000"),
     ]
     for section, key, ok, want in checks:
         sec = getattr(settings, section)
         if not ok(getattr(sec, key)):
             default = getattr(type(sec)(), key)
-            problems.append(f"[{section}] {key} = {getattr(sec, key)!r} must be {want}; using {default!r}")
+            problems.append(
+                f"[{section}] {key} = {getattr(sec, key)!r} must be {want}; using {default!r}"
+            )
             setattr(sec, key, default)
     return problems
 

@@ -277,13 +277,14 @@ class Show:
         self._prefix = show.command_prefix or "!"
         self._aliases, problems = cmds.build_aliases(show.aliases)
         self._roles, more = cmds.build_roles(show.command_roles)
-        self.problems += problems + more
+        self.problems += [p for p in problems + more if p not in self.problems]
         if show.slideshow_seconds != self._slideshow_setting:
             self._slideshow_setting = show.slideshow_seconds
             self._slideshow = max(0.0, show.slideshow_seconds)
         model = self.settings.model
+        count = max(1, min(show.grid, getattr(model, "max_images", show.grid)))
         self._limits = cmds.Limits(
-            max_steps=model.max_steps, max_size=model.max_size, max_count=max(1, show.grid)
+            max_steps=model.max_steps, max_size=model.max_size, max_count=count
         )
 
     def _on_settings(self, event: SettingsChanged, out: list[Effect]) -> None:
@@ -327,6 +328,8 @@ class Show:
             self._refused += refusal
             out.append(Reply(text[:500], reply_to=reply_to))
         elif refusal and coalesce_key:
+            if coalesce_key not in self._coalesced and len(self._coalesced) >= 8:
+                coalesce_key = "request refused"  # keeps the summary (and memory) small
             names = self._coalesced.setdefault(coalesce_key, [])
             self._coalesced_count[coalesce_key] = self._coalesced_count.get(coalesce_key, 0) + 1
             if len(names) < 15 and name not in names:
@@ -346,10 +349,8 @@ class Show:
             ctx.out.append(Status(reason))
             return
         prefix = "" if ctx.msg_id else f"@{ctx.viewer.name} "
-        self._send(
-            ctx.out, prefix + reason, ctx.msg_id, refusal=True, coalesce_key=key or reason,
-            name=ctx.viewer.name,
-        )  # fmt: skip
+        key = key or _coalesce_key(reason)
+        self._send(ctx.out, prefix + reason, ctx.msg_id, True, key, name=ctx.viewer.name)
 
     def _announce(self, out: list[Effect], login_name: str, text: str, reply_to: str) -> None:
         prefix = "" if reply_to else f"@{login_name} "
@@ -370,7 +371,9 @@ class Show:
         need = self._roles.get(name, Role.EVERYONE)
         if ctx.viewer.role < need:
             self._refuse(
-                ctx, f"{self._prefix}{name} is for {cmds.role_name(need)}s and up", key="permission"
+                ctx,
+                f"{self._prefix}{name} is for {cmds.role_name(need)}s and up",
+                key="that command is not for you",
             )
             return
         self._COMMANDS[name](self, ctx)
@@ -473,7 +476,7 @@ class Show:
             return
         parsed = cmds.parse_generate(ctx.args, self._limits)
         if isinstance(parsed, str):
-            self._refuse(ctx, parsed, key="usage: !generate <prompt> ### <negative>")
+            self._refuse(ctx, parsed, key=f"usage: {self._prefix}generate <prompt> ### <negative>")
             return
         last = _LastAsk(
             parsed.prompt, parsed.negative, parsed.steps, parsed.width, parsed.height, parsed.count
@@ -494,7 +497,7 @@ class Show:
         mine = sum(1 for _ in self._requests_of(ctx.viewer.login))
         refusal = self.moderator.check_request(ctx.viewer, ctx.now, mine, self._queued)
         if refusal:
-            self._refuse(ctx, refusal, key=refusal.split(":")[0] if "cooldown" in refusal else "")
+            self._refuse(ctx, refusal)
             return True
         return False
 
@@ -513,7 +516,7 @@ class Show:
             width=ask.width or model.width,
             height=ask.height or model.height,
             seed=seed if seed is not None else self._rng.randrange(2**32),
-            count=min(ask.count or self.settings.show.grid, max(1, self.settings.show.grid)),
+            count=min(ask.count or self.settings.show.grid, self._limits.max_count),
         )
         viewer = ctx.viewer
         request = GenerationRequest(
@@ -580,9 +583,9 @@ class Show:
         if not self._history:
             self._say(ctx, "no images yet")
             return
-        current = (
-            self._cursor if self._cursor is not None else min(self._browse + 1, len(self._history))
-        )
+        current = self._cursor
+        if current is None:  # screen cleared: step back from where it was
+            current = self._browse + 1 if self._browse >= 0 else len(self._history)
         if current <= 0:
             self._say(ctx, "this is the oldest image")
             return
@@ -627,7 +630,7 @@ class Show:
         """!cancel: drop your own request (queued or running); moderators: !cancel @user."""
         target = cmds.parse_login(ctx.args) if ctx.args else ctx.viewer.login
         if target != ctx.viewer.login and ctx.viewer.role < Role.MODERATOR:
-            self._refuse(ctx, "you can only cancel your own request", key="permission")
+            self._refuse(ctx, "you can only cancel your own request")
             return
         if ctx.streamer and not ctx.args:
             target = self._running.requester.login if self._running else ""
@@ -904,6 +907,17 @@ class Show:
 
 
 Show._COMMANDS = {name: getattr(Show, f"_cmd_{name}") for name in cmds.COMMANDS}
+
+
+def _coalesce_key(reason: str) -> str:
+    """One summary line per kind of refusal: drop the parts that differ between viewers."""
+    if reason.startswith("cooldown"):
+        return "please wait for your cooldown"
+    if reason.startswith("the prompt is"):
+        return "prompt too long"
+    if reason.startswith("you already have"):
+        return "you already have a request waiting"
+    return reason
 
 
 def _request_to_dict(request: GenerationRequest) -> dict[str, Any]:

@@ -13,6 +13,7 @@ hide on both sides.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import ssl
 import threading
@@ -71,7 +72,7 @@ class TwitchServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.AbstractServer | None = None
 
-    # ---- lifecycle ----------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------
     def start(self) -> TwitchServer:
         self._thread.start()
         self._call(self._start())
@@ -97,7 +98,7 @@ class TwitchServer:
     def _call(self, coro, timeout: float = 10.0):  # noqa: ANN001, ANN202 - any coroutine
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    # ---- what a test does -------------------------------------------------------------------------
+    # ---- what a test does ----------------------------------------------------------
     @property
     def connections(self) -> int:
         return len(self._writers)
@@ -150,7 +151,9 @@ class TwitchServer:
 
         self._call(_drop())
 
-    def flood(self, count: int, users: int, seconds: float, text: str = "!generate a fox {i}") -> None:
+    def flood(
+        self, count: int, users: int, seconds: float, text: str = "!generate a fox {i}"
+    ) -> None:
         """Send `count` PRIVMSGs from `users` viewers evenly over `seconds` (blocks until done)."""
         self._call(self._flood(count, users, seconds, text), timeout=seconds + 30)
 
@@ -166,7 +169,7 @@ class TwitchServer:
         """What the bot sent, filtered by IRC command (PRIVMSG, JOIN, PONG ...)."""
         return [s for s in list(self.received) if s.command == command.upper()]
 
-    # ---- the server side ------------------------------------------------------------------------
+    # ---- the server side -----------------------------------------------------------
     def _privmsg_line(
         self, login: str, text: str, *, msg_id: str, badges: str, tags: dict[str, str] | None
     ) -> tuple[str, str]:
@@ -196,10 +199,8 @@ class TwitchServer:
         for writer in list(self._writers.values()):
             if not writer.is_closing():
                 writer.write(data)
-                try:
+                with contextlib.suppress(ConnectionError):
                     await writer.drain()
-                except ConnectionError:
-                    pass
 
     async def _flood(self, count: int, users: int, seconds: float, text: str) -> None:
         batches = max(1, int(seconds / 0.02))

@@ -37,6 +37,8 @@ from generator_host.settings import TwitchSettings
 log = logging.getLogger("generator_host.chat.irc")
 
 LOGIN_FAILURES = ("login authentication failed", "improperly formatted auth", "login unsuccessful")
+DUPLICATE_SECONDS = 30.0
+DUPLICATE_MARK = " \U000e0000"  # invisible; chat clients and commands.py ignore it
 _READ_CHUNK = 65536
 _MAX_LINE = 65536
 
@@ -120,6 +122,8 @@ class TwitchAdapter:
         self._writer: asyncio.StreamWriter | None = None
         self._closing = False
         self._logged_in = False
+        self._last_line = ""
+        self._last_time = -DUPLICATE_SECONDS
         self.connected = asyncio.Event()  # set while logged in and joined
         self.connections = 0
         self.dropped_sends = 0
@@ -231,6 +235,10 @@ class TwitchAdapter:
                         "Check that the token is valid, belongs to that account and has "
                         "the chat:read and chat:write scopes"
                     )
+                elif cmd == "NOTICE" and line.tags.get("msg-id", "").startswith("msg_"):
+                    log.warning(
+                        "Twitch refused a message: %s", ircparse.sanitize(line.trailing, 200)
+                    )
                 elif cmd == "NOTICE":
                     log.info("Twitch notice: %s", ircparse.sanitize(line.trailing, 200))
                 else:
@@ -305,6 +313,10 @@ class TwitchAdapter:
                 await asyncio.sleep(delay)
                 continue
             line = self._pending.popleft()
-            self.limiter.spend(self.clock())
+            now = self.clock()
+            if line == self._last_line and now - self._last_time < DUPLICATE_SECONDS:
+                line = line[:-2] + DUPLICATE_MARK + "\r\n"  # Twitch drops exact repeats
+            self._last_line, self._last_time = line, now
+            self.limiter.spend(now)
             self._write_raw(writer, line)
             await writer.drain()

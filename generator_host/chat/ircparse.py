@@ -69,12 +69,12 @@ def escape_tag_value(value: str) -> str:
 
 
 def parse_tags(raw: str) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    for item in raw.split(";"):
-        if not item:
-            continue
-        key, _, value = item.partition("=")
-        tags[key] = unescape_tag_value(value)
+    """`a=1;b=x\\sy` -> {"a": "1", "b": "x y"} (the hot path of every chat line)."""
+    tags = dict(item.partition("=")[::2] for item in raw.split(";") if item)
+    if "\\" in raw:
+        for key, value in tags.items():
+            if "\\" in value:
+                tags[key] = unescape_tag_value(value)
     return tags
 
 
@@ -105,7 +105,7 @@ def role_from_tags(tags: dict[str, str]) -> Role:
     badges = {b.partition("/")[0] for b in tags.get("badges", "").split(",") if b}
     if "broadcaster" in badges:
         return Role.BROADCASTER
-    if "moderator" in badges or tags.get("mod") == "1":
+    if badges & {"moderator", "lead_moderator"} or tags.get("mod") == "1":
         return Role.MODERATOR
     if "vip" in badges or tags.get("vip") == "1":
         return Role.VIP

@@ -1,0 +1,372 @@
+"""The Twitch adapter against a local Twitch-dialect server over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import shutil
+import ssl
+import subprocess
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from generator_host.chat.console import ConsoleAdapter
+from generator_host.chat.irc import LoginFailed, TwitchAdapter, write_secret_file
+from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved
+from generator_host.settings import Settings
+from generator_host.show import Display, Reply, Show
+from tests.fixtures_twitch import until
+from tests.requirements import require
+from tests.twitch_server import TwitchServer
+
+
+async def _start(adapter: TwitchAdapter, events: list) -> asyncio.Task:
+    task = asyncio.ensure_future(adapter.run(events.append))
+    assert await until(adapter.connected.is_set, 5), "the bot did not join"
+    return task
+
+
+async def _stop(adapter: TwitchAdapter, task: asyncio.Task) -> None:
+    await adapter.close()
+    await asyncio.wait_for(task, 5)
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    best = 0
+    for i, t in enumerate(times):
+        best = max(best, sum(1 for u in times[i:] if u - t < window))
+    return best
+
+
+def test_login_sequence_and_escaped_tags(twitch_server: TwitchServer, twitch_settings, caplog):
+    caplog.set_level(logging.DEBUG)
+
+    async def main() -> list:
+        events: list = []
+        adapter = TwitchAdapter(twitch_settings)
+        task = await _start(adapter, events)
+        twitch_server.privmsg(
+            "foxfan",
+            "!generate a fox; with \\ backslash",
+            msg_id="abc-1",
+            badges="moderator/1,subscriber/12",
+            tags={"display-name": "Fox Fan; the \\ Great", "client-nonce": "a\nb\rc"},
+        )
+        twitch_server.privmsg("boss", "!approve", badges="broadcaster/1")
+        twitch_server.privmsg("vipper", "hi", badges="vip/1")
+        twitch_server.privmsg("founder", "hi", badges="founder/0")
+        twitch_server.privmsg("viewer", "hi")
+        assert await until(lambda: len(events) == 5)
+        await _stop(adapter, task)
+        return events
+
+    events = asyncio.run(main())
+    sent = [s.line for s in twitch_server.received]
+    assert sent[:4] == [
+        "PASS oauth:sekrit-token-123",
+        "NICK paintbot",
+        "CAP REQ :twitch.tv/tags twitch.tv/commands",
+        "JOIN #streamer",
+    ]
+    first = events[0]
+    assert isinstance(first, ChatMessage)
+    assert first.text == "!generate a fox; with \\ backslash"
+    assert first.msg_id == "abc-1"
+    assert first.viewer.display_name == "Fox Fan; the \\ Great"
+    assert first.viewer.login == "foxfan" and first.viewer.role == Role.MODERATOR
+    assert [e.viewer.role for e in events[1:]] == [
+        Role.BROADCASTER, Role.VIP, Role.SUBSCRIBER, Role.EVERYONE,
+    ]  # fmt: skip
+    assert "sekrit-token-123" not in caplog.text
+    assert "sekrit" not in repr(TwitchAdapter(twitch_settings))
+
+
+def test_ping_is_answered_and_moderation_lines_become_events(twitch_server, twitch_settings):
+    async def main() -> list:
+        events: list = []
+        adapter = TwitchAdapter(twitch_settings)
+        task = await _start(adapter, events)
+        twitch_server.ping()
+        assert await until(lambda: twitch_server.sent("PONG"))
+        twitch_server.clearmsg("abc-1", "foxfan")
+        twitch_server.clearchat("FoxFan")
+        assert await until(lambda: len(events) == 2)
+        await _stop(adapter, task)
+        return events
+
+    events = asyncio.run(main())
+    assert twitch_server.sent("PONG")[0].line == "PONG :tmi.twitch.tv"
+    assert events[0] == MessageDeleted(msg_id="abc-1", now=events[0].now)
+    assert events[1] == UserRemoved(login="foxfan", now=events[1].now)
+
+
+def test_reconnect_command_rejoins_within_5_seconds(twitch_server, twitch_settings):
+    async def main() -> None:
+        events: list = []
+        adapter = TwitchAdapter(twitch_settings)
+        task = await _start(adapter, events)
+        asked = time.monotonic()
+        twitch_server.reconnect()
+        assert await until(lambda: len(twitch_server.joins) == 2, 5)
+        assert twitch_server.joins[1] - asked < 5
+        assert await until(adapter.connected.is_set)
+        twitch_server.privmsg("viewer", "!queue")
+        assert await until(lambda: len(events) == 1)
+        await _stop(adapter, task)
+
+    asyncio.run(main())
+    joins = twitch_server.sent("JOIN")
+    assert [j.line for j in joins] == ["JOIN #streamer", "JOIN #streamer"]
+    assert joins[0].conn != joins[1].conn  # a new connection, not a second JOIN on the old one
+
+
+def test_dropped_connection_reconnects_with_growing_backoff(twitch_server, twitch_settings):
+    twitch_server.drop_after_login = 3
+
+    async def main() -> None:
+        adapter = TwitchAdapter(twitch_settings, backoff_base=0.25)
+        task = asyncio.ensure_future(adapter.run(lambda e: None))
+        assert await until(lambda: len(twitch_server.joins) == 1, 8)
+        await _stop(adapter, task)
+
+    asyncio.run(main())
+    logins = twitch_server.logins
+    assert len(logins) == 4
+    gaps = [b - a for a, b in zip(logins, logins[1:], strict=False)]
+    assert gaps[0] >= 0.1
+    assert gaps[0] < gaps[1] < gaps[2], gaps  # 0.25, 0.5, 1 s (+-20 % jitter)
+
+
+def test_drop_mid_session_reconnects_and_keeps_reading(twitch_server, twitch_settings):
+    async def main() -> list:
+        events: list = []
+        adapter = TwitchAdapter(twitch_settings, backoff_base=0.05)
+        task = await _start(adapter, events)
+        twitch_server.drop()
+        assert await until(lambda: len(twitch_server.joins) == 2, 5)
+        assert await until(adapter.connected.is_set)
+        twitch_server.privmsg("viewer", "!queue")
+        assert await until(lambda: len(events) == 1)
+        await _stop(adapter, task)
+        return events
+
+    assert asyncio.run(main())[0].text == "!queue"
+
+
+@pytest.mark.parametrize("kind", ["auth", "format"])
+def test_refused_login_raises_a_clear_error(kind, twitch_settings, caplog):
+    server = TwitchServer("streamer", refuse_login=kind).start()
+    settings = dataclasses.replace(twitch_settings, port=server.port)
+
+    async def main() -> None:
+        await asyncio.wait_for(TwitchAdapter(settings).run(lambda e: None), 5)
+
+    try:
+        with pytest.raises(LoginFailed) as info:
+            asyncio.run(main())
+    finally:
+        server.stop()
+    message = str(info.value)
+    assert "refused the login for 'paintbot'" in message
+    assert "chat:read" in message
+    assert "sekrit-token-123" not in message + caplog.text
+    assert len(server.logins) == 0
+
+
+def test_missing_token_is_refused_before_connecting(twitch_server, twitch_settings):
+    settings = dataclasses.replace(twitch_settings, token="")
+    with pytest.raises(LoginFailed, match="CHAT_DIFFUSION_TWITCH_TOKEN"):
+        asyncio.run(TwitchAdapter(settings).run(lambda e: None))
+    assert twitch_server.received == []
+
+
+def test_send_limit_is_never_exceeded(twitch_server, twitch_settings):
+    settings = dataclasses.replace(
+        twitch_settings, send_limit=5, send_window=0.5, max_pending_sends=100
+    )
+
+    async def main() -> None:
+        adapter = TwitchAdapter(settings)
+        task = await _start(adapter, [])
+        for i in range(17):
+            await adapter.say(f"message {i}")
+        assert await until(lambda: len(twitch_server.sent("PRIVMSG")) == 17, 5)
+        await _stop(adapter, task)
+
+    asyncio.run(main())
+    sent = twitch_server.sent("PRIVMSG")
+    assert [s.line.rsplit(" ", 1)[1] for s in sent] == [str(i) for i in range(17)]  # in order
+    assert _max_in_window([s.time for s in sent], 0.5) <= 5
+    assert sent[-1].time - sent[0].time >= 1.5  # 17 messages need at least 3 full windows
+
+
+def test_waiting_sends_are_bounded_oldest_dropped(twitch_server, twitch_settings):
+    settings = dataclasses.replace(
+        twitch_settings, send_limit=2, send_window=30, max_pending_sends=3
+    )
+
+    async def main() -> TwitchAdapter:
+        adapter = TwitchAdapter(settings)
+        task = await _start(adapter, [])
+        for i in range(10):
+            await adapter.say(f"m{i}")
+        assert await until(lambda: len(twitch_server.sent("PRIVMSG")) == 2)
+        await asyncio.sleep(0.2)
+        await _stop(adapter, task)
+        return adapter
+
+    adapter = asyncio.run(main())
+    sent = [s.line.rsplit(":", 1)[1] for s in twitch_server.sent("PRIVMSG")]
+    assert sent == ["m7", "m8"]  # the oldest were dropped, the newest still waits
+    assert adapter.dropped_sends == 7 and list(adapter._pending) == ["PRIVMSG #streamer :m9\r\n"]
+
+
+def test_cr_lf_and_privmsg_in_text_never_make_an_extra_line(twitch_server, twitch_settings):
+    evil = "a fox\r\nPRIVMSG #streamer :pwned\nJOIN #other\x00\x07\u2028QUIT"
+
+    async def main() -> None:
+        adapter = TwitchAdapter(twitch_settings)
+        task = await _start(adapter, [])
+        await adapter.say(f"@viewer {evil}", reply_to="abc-1\r\nJOIN #x")
+        await adapter.say("x" * 2000)
+        await adapter.say("/ban viewer")
+        await adapter.say("\r\n\t ")  # nothing printable: nothing sent
+        assert await until(lambda: len(twitch_server.sent("PRIVMSG")) == 3)
+        await asyncio.sleep(0.1)
+        await _stop(adapter, task)
+
+    asyncio.run(main())
+    lines = [s.line for s in twitch_server.received]
+    assert [s.command for s in twitch_server.received] == [
+        "PASS", "NICK", "CAP", "JOIN", "PRIVMSG", "PRIVMSG", "PRIVMSG",
+    ]  # fmt: skip
+    assert lines[4].startswith("@reply-parent-msg-id=abc-1JOINx PRIVMSG #streamer :@viewer a fox ")
+    assert "PRIVMSG #streamer :pwned JOIN #other QUIT" in lines[4]
+    assert lines[5] == "PRIVMSG #streamer :" + "x" * 500
+    assert lines[6] == "PRIVMSG #streamer :ban viewer"
+
+
+def test_repeated_text_is_varied_so_twitch_does_not_drop_it(twitch_server, twitch_settings):
+    async def main() -> None:
+        adapter = TwitchAdapter(twitch_settings)
+        task = await _start(adapter, [])
+        for _ in range(2):
+            await adapter.say("queued #1, about 9 s")
+        assert await until(lambda: len(twitch_server.sent("PRIVMSG")) == 2)
+        await _stop(adapter, task)
+
+    asyncio.run(main())
+    first, second = (s.line for s in twitch_server.sent("PRIVMSG"))
+    assert first == "PRIVMSG #streamer :queued #1, about 9 s"
+    assert second == first + " \U000e0000"
+
+
+def test_tls_connection(tmp_path: Path, twitch_settings):
+    require(shutil.which("openssl") is not None, "openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    server = TwitchServer("streamer", ssl_context=server_ctx).start()
+    settings = dataclasses.replace(twitch_settings, port=server.port, tls=True)
+
+    async def main() -> list:
+        events: list = []
+        adapter = TwitchAdapter(settings, ssl_context=client_ctx)
+        task = await _start(adapter, events)
+        server.privmsg("viewer", "!help")
+        assert await until(lambda: events)
+        await _stop(adapter, task)
+        return events
+
+    try:
+        events = asyncio.run(main())
+    finally:
+        server.stop()
+    assert events[0].text == "!help"
+
+
+def test_token_file_is_private(tmp_path: Path):
+    path = tmp_path / "conf" / "config.toml"
+    write_secret_file(path, 'token = "x"\n')
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == 'token = "x"\n'
+
+
+def test_flood_keeps_queue_memory_and_sends_bounded(twitch_server, twitch_settings):
+    """5,000 messages from 500 viewers in 10 s: queue capped, sends limited, host answers."""
+    settings = Settings(twitch=dataclasses.replace(twitch_settings, max_pending_sends=30))
+    settings.moderation.max_queue = 50
+    show = Show(settings, rng_seed=1)
+    late_effects: list = []
+
+    async def main() -> dict:
+        adapter = TwitchAdapter(settings.twitch)
+        arrived: list = []
+
+        def on_event(event) -> None:
+            arrived.append(event)
+            effects = show.handle(event)
+            if isinstance(event, ChatMessage) and event.viewer.login == "boss":
+                late_effects.extend(effects)
+            for effect in effects:
+                if isinstance(effect, Reply):
+                    asyncio.ensure_future(adapter.say(effect.text, effect.reply_to))
+
+        task = asyncio.ensure_future(adapter.run(on_event))
+        assert await until(adapter.connected.is_set)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        await asyncio.to_thread(twitch_server.flood, 5000, 500, 10.0)
+        assert await until(lambda: len(arrived) == 5000, 10)
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        # the host still answers at once: the streamer's !clear reaches the show promptly
+        t0 = time.monotonic()
+        twitch_server.privmsg("boss", "!clear", badges="broadcaster/1")
+        assert await until(lambda: len(arrived) == 5001, 2)
+        latency = time.monotonic() - t0
+        await asyncio.sleep(0.2)
+        await _stop(adapter, task)
+        return {"grown": grown, "latency": latency, "pending": len(adapter._pending)}
+
+    stats = asyncio.run(main())
+    assert show.queued <= 50
+    assert stats["grown"] < 5_000_000, stats
+    assert stats["latency"] < 1.0, stats
+    assert stats["pending"] <= 30
+    assert Display(None) in late_effects
+    sent = twitch_server.sent("PRIVMSG")
+    assert 0 < len(sent) <= 20
+    assert _max_in_window([s.time for s in sent], 30.0) <= 20
+
+
+def test_console_adapter_for_the_demo():
+    """Each typed line is the broadcaster's message; `/as` speaks as a viewer; say prints."""
+    stdin = io.StringIO("!generate a fox\n\n/as Alice !queue\n")
+    stdout = io.StringIO()
+    console = ConsoleAdapter("Boss", stdin=stdin, stdout=stdout)
+    events: list = []
+
+    async def main() -> None:
+        await asyncio.wait_for(console.run(events.append), 5)  # returns at end of input
+        await console.say("queued #1\r\nPRIVMSG #x :evil")
+
+    asyncio.run(main())
+    assert [(e.viewer.login, e.viewer.role, e.text) for e in events] == [
+        ("boss", Role.BROADCASTER, "!generate a fox"),
+        ("alice", Role.EVERYONE, "!queue"),
+    ]
+    assert events[0].msg_id != events[1].msg_id
+    assert stdout.getvalue() == "[bot] queued #1 PRIVMSG #x :evil\n"

@@ -1,0 +1,126 @@
+"""Moderation rules as a viewer meets them: blocked prompts, cooldowns, limits, modes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from generator_host.chat.message import Role, Viewer
+from generator_host.moderation import Blocklist, Moderator, load_blocklist
+from generator_host.settings import ModerationSettings
+
+VIEWER = Viewer("viewer")
+MOD = Viewer("mod", role=Role.MODERATOR)
+
+
+@pytest.fixture(scope="module")
+def default_list() -> Blocklist:
+    block, problems = load_blocklist("")
+    assert problems == []
+    return block
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a NUDE woman",
+        "n u d e statue",
+        "n.u.d.e statue",
+        "a nud3 statue",
+        "an nsfw picture",
+        "N-S-F-W art",
+        "pornographic poster",
+        "p0rn",
+        "sеx scene",  # Cyrillic е
+        "$ex scene",
+        "rule 34 art",
+        "a Nüde",
+        "ＮＵＤＥ",  # full-width letters
+    ],
+)
+def test_default_list_blocks_disguised_words(default_list: Blocklist, prompt: str):
+    assert default_list.match(prompt), prompt
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["a castle in sussex", "classic car", "a cockatoo on a branch", "denuded hills", "therapist"],
+)
+def test_default_list_leaves_ordinary_prompts(default_list: Blocklist, prompt: str):
+    assert not default_list.match(prompt), prompt
+
+
+def test_phrases_prefixes_and_patterns():
+    block, problems = Blocklist.from_lines(
+        ["# comment", "", "red hat", "zomb*", "/\\bx{3,}\\b/", "/([/"]
+    )
+    assert len(problems) == 1 and "line 6" in problems[0]
+    assert block.match("a RED   hat")
+    assert not block.match("a red cap, a hat")
+    assert block.match("zombies everywhere")
+    assert block.match("xxxx")
+    assert not block.match("x")
+
+
+def test_streamer_list_file_replaces_the_default(tmp_path: Path):
+    path = tmp_path / "mine.txt"
+    path.write_text("banana\n", encoding="utf-8")
+    mod = Moderator(ModerationSettings(blocklist_file=str(path)))
+    assert mod.check_prompt("a BANANA") == "the prompt contains a blocked word"
+    assert mod.check_prompt("a nude banana") is not None
+    assert mod.check_prompt("a nude apple") is None
+    missing = Moderator(ModerationSettings(blocklist_file=str(tmp_path / "nope.txt")))
+    assert "cannot read" in missing.problems[0]
+    assert missing.check_prompt("nude") is not None  # fell back to the default list
+
+
+def test_prompt_length_limit():
+    mod = Moderator(ModerationSettings(max_prompt_length=10), Blocklist())
+    assert mod.check_prompt("x" * 10) is None
+    assert mod.check_prompt("x" * 11) == "the prompt is 11 characters; the limit is 10"
+
+
+def test_cooldown_per_user_and_moderators_exempt():
+    mod = Moderator(ModerationSettings(user_cooldown_seconds=30), Blocklist())
+    mod.note_request("viewer", 100.0)
+    assert mod.check_request(VIEWER, 110.0, 0, 0) == "cooldown: try again in 20 s"
+    assert mod.check_request(VIEWER, 130.0, 0, 0) is None
+    assert mod.check_request(Viewer("other"), 110.0, 0, 0) is None
+    mod.note_request("mod", 100.0)
+    assert mod.check_request(MOD, 101.0, 5, 0) is None
+
+
+def test_per_user_and_global_limits():
+    mod = Moderator(ModerationSettings(max_queued_per_user=1, max_queue=3), Blocklist())
+    assert mod.check_request(VIEWER, 0, 1, 0) == "you already have 1 request(s) waiting (limit 1)"
+    assert mod.check_request(VIEWER, 0, 0, 3) == "the queue is full (3); try again later"
+    assert mod.check_request(MOD, 0, 0, 3) is not None  # the cap holds for everyone
+
+
+def test_modes_and_ignored_users():
+    mod = Moderator(ModerationSettings(mode="subscribers", ignored_users=["@Spammer"]), Blocklist())
+    assert "only subscribers" in mod.check_request(VIEWER, 0, 0, 0)
+    assert mod.check_request(Viewer("s", role=Role.SUBSCRIBER), 0, 0, 0) is None
+    assert mod.is_ignored("spammer")
+    mod.ignore("spammer", False)
+    assert not mod.is_ignored("spammer")
+    mod.ignore("troll", True)
+    assert mod.is_ignored("troll")
+    restored = Moderator(ModerationSettings(ignored_users=["spammer"]), Blocklist())
+    restored.restore(mod.snapshot())
+    assert restored.is_ignored("troll") and not restored.is_ignored("spammer")
+    assert restored.mode == Role.SUBSCRIBER
+
+
+def test_forced_negative_prompt_is_always_added():
+    mod = Moderator(ModerationSettings(forced_negative_prompt="nsfw, gore"), Blocklist())
+    assert mod.negative_prompt("") == "nsfw, gore"
+    assert mod.negative_prompt("blurry") == "blurry, nsfw, gore"
+
+
+def test_cooldown_memory_stays_bounded():
+    mod = Moderator(ModerationSettings(user_cooldown_seconds=1), Blocklist())
+    for i in range(20000):
+        mod.note_request(f"user{i}", i * 0.01)
+    assert len(mod._last_request) <= 4097

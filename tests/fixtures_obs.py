@@ -1,1 +1,109 @@
-"""Fixtures for the obs tests."""
+"""Fixtures for the OBS link and script tests.
+
+`RunningLink` is the host's real LinkServer on its own asyncio loop (a thread), driven
+synchronously from tests, so the OBS side can be tested against the real server. The
+`obs_instance` fixture (real OBS under Xvfb) lives in tests/obs_harness.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+__all__ = ["RunningLink", "make_png", "make_cert", "link_server", "LINK_TOKEN"]
+
+LINK_TOKEN = "test-token-1234567890"
+
+
+def make_png(color: tuple[int, int, int], size: int = 16) -> bytes:
+    """A solid-colour PNG: easy to recognise again in a screenshot."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_cert(folder: Any) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (cert, key); skips without openssl."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not available to make a test certificate")
+    cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+class RunningLink:
+    """A real LinkServer on a background loop; `received` gets what scripts send."""
+
+    def __init__(self, settings: Any = None, token: str = LINK_TOKEN, port: int = 0) -> None:
+        from generator_host.link import LinkServer
+        from generator_host.settings import LinkSettings
+        from obs_script import chat_diffusion_protocol as p
+
+        self.received: queue.Queue[dict] = queue.Queue()
+        self.state: list[dict] = [p.make_state(None, p.make_status("idle"))]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = LinkServer(
+            settings or LinkSettings(port=port), token, self.received.put, lambda: self.state
+        )
+        self.call(self.server.start())
+        scheme = "wss" if self.server.settings.tls_cert else "ws"
+        self.url = f"{scheme}://127.0.0.1:{self.server.port}"
+        self.port = self.server.port
+
+    def call(self, coro: Any, timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def broadcast(self, msg: dict) -> None:
+        self.call(self.server.broadcast(msg))
+
+    def show(self, entry_id: int, png: bytes, requester: str = "", prompt: str = "") -> None:
+        """Broadcast an image and make it the state a (re)connecting script gets."""
+        from obs_script import chat_diffusion_protocol as p
+
+        msg = p.make_show(entry_id, png, requester, prompt)
+        self.state = [p.make_state(msg, p.make_status("idle"))]
+        self.broadcast(msg)
+
+    def next_message(self, kind: str, timeout: float = 5.0) -> dict:
+        """The next message of `kind` the host received (others are skipped)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.received.get(timeout=max(0.01, deadline - time.monotonic()))
+            if msg["type"] == kind:
+                return msg
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def link_server() -> Iterator[RunningLink]:
+    running = RunningLink()
+    yield running
+    running.close()

@@ -7,73 +7,30 @@ to it over 127.0.0.1 exactly as the OBS script does.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
-import queue
-import shutil
 import ssl
 import stat
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websocket
-from PIL import Image
 
 from generator_host import link as link_mod
-from generator_host.link import LinkServer, load_or_create_token
+from generator_host.link import load_or_create_token
 from generator_host.settings import LinkSettings
 from obs_script import chat_diffusion_protocol as p
+from tests.fixtures_obs import LINK_TOKEN, RunningLink, make_cert, make_png
 
-TOKEN = "test-token-1234567890"
-
-
-def png(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-class RunningLink:
-    """A LinkServer on a background loop, driven synchronously from the test."""
-
-    def __init__(self, settings: LinkSettings | None = None, token: str = TOKEN) -> None:
-        self.received: queue.Queue[dict] = queue.Queue()
-        self.state: list[dict] = [p.make_state(None, p.make_status("idle"))]
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = LinkServer(
-            settings or LinkSettings(port=0), token, self.received.put, lambda: self.state
-        )
-        self.call(self.server.start())
-        scheme = "wss" if self.server.settings.tls_cert else "ws"
-        self.url = f"{scheme}://127.0.0.1:{self.server.port}"
-
-    def call(self, coro: Any, timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def broadcast(self, msg: dict) -> None:
-        self.call(self.server.broadcast(msg))
-
-    def close(self) -> None:
-        self.call(self.server.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
+TOKEN = LINK_TOKEN
 
 
 @pytest.fixture
-def link() -> Iterator[RunningLink]:
-    running = RunningLink()
-    yield running
-    running.close()
+def link(link_server: RunningLink) -> RunningLink:
+    return link_server
 
 
 def connect(url: str, token: str = TOKEN, **opts: Any) -> websocket.WebSocket:
@@ -103,7 +60,7 @@ def test_a_connected_script_gets_the_state_then_every_image(link: RunningLink) -
     ws = connect(link.url)
     state = recv(ws)
     assert state["type"] == "state" and state["status"]["text"] == "idle"
-    red = png((255, 0, 0))
+    red = make_png((255, 0, 0))
     link.broadcast(p.make_show(5, red, "alice", "a red square"))
     shown = recv(ws)
     assert shown["type"] == "show" and shown["image"] == red and shown["requester"] == "alice"
@@ -212,7 +169,7 @@ def test_several_obs_instances_all_get_each_broadcast(link: RunningLink) -> None
     for ws in clients:
         recv(ws)
     assert link.server.client_count == 3
-    link.broadcast(p.make_show(1, png((0, 255, 0)), "bob", "green"))
+    link.broadcast(p.make_show(1, make_png((0, 255, 0)), "bob", "green"))
     for ws in clients:
         assert recv(ws)["entry_id"] == 1
         ws.close()
@@ -262,15 +219,7 @@ def test_token_file_is_created_once_private_and_never_logged(
 
 
 def test_tls_link(tmp_path: Path) -> None:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = make_cert(tmp_path)
     running = RunningLink(LinkSettings(port=0, tls_cert=str(cert), tls_key=str(key)))
     try:
         assert running.url.startswith("wss://")

@@ -138,8 +138,13 @@ def test_unknown_fields_from_a_newer_peer_are_ignored() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.floats() | st.text() | st.integers(),
-                    lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text() | st.integers(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=20,
+    )
+)
 def test_any_json_value_decodes_or_gives_a_reason(value: object) -> None:
     for sender in ("host", "script"):
         raw = json.dumps(value)
@@ -174,7 +179,7 @@ def test_clean_text_is_one_capped_printable_line(text: str) -> None:
 
 def test_protocol_and_script_parse_as_python_3_9() -> None:
     """OBS embeds the streamer's Python, which may be older than the host's."""
-    for name in ("chat_diffusion_protocol.py", "chat_diffusion.py"):
+    for name in ("chat_diffusion_protocol.py", "chat_diffusion.py", "chat_diffusion_link.py"):
         path = SCRIPT_DIR / name
         if path.exists():
             ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))

@@ -1,0 +1,466 @@
+"""Chat Diffusion for OBS: shows what Twitch chat paints, sent by the generator host.
+
+Add this file in OBS under Tools > Scripts. It stays thin on purpose: a properties panel,
+buttons and hotkeys for the streamer, a link thread (chat_diffusion_link.py) that talks
+to the host, and an OBS timer that applies what arrived to the image and text sources on
+OBS's own thread. Nothing here blocks OBS: the network and file writes live on the link
+thread; the timer only sets source settings. Python 3.9+, stdlib + websocket-client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import obspython as obs
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # OBS adds it; the unit tests and other hosts may not
+    sys.path.insert(0, _HERE)
+
+import chat_diffusion_link as link_mod  # noqa: E402
+import chat_diffusion_protocol as protocol  # noqa: E402
+
+TICK_MS = 20
+DEBOUNCE_S = 0.8  # typing a host address must not reconnect on every key
+MAX_ITEMS_PER_TICK = 50
+IMAGE_DIR = os.path.join(_HERE, "images")
+DEFAULT_HOST = "ws://127.0.0.1:8765"
+DEFAULT_SOURCES = {
+    "image_source": "Chat Diffusion Image",
+    "requester_source": "Chat Diffusion Requester",
+    "prompt_source": "Chat Diffusion Prompt",
+    "status_source": "Chat Diffusion Status",
+}
+HOTKEYS = (
+    ("approve", "Chat Diffusion: approve the held image"),
+    ("clear", "Chat Diffusion: clear the screen"),
+    ("prev", "Chat Diffusion: previous image"),
+    ("next", "Chat Diffusion: next image"),
+)
+OFFLINE_TEXT = "Chat Diffusion: waiting for the host"
+
+
+class _Script:
+    """Everything one loaded copy of the script owns; rebuilt on every (re)load."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.config: dict[str, Any] = {}
+        self.link: link_mod.LinkClient | None = None
+        self.link_key: tuple[str, str, str] | None = None
+        self.restart_at = 0.0
+        self.hotkeys: dict[str, int] = {}
+        self.connection = "not connected yet"
+        self.connected = False
+        self.shown_offline = False
+
+
+S = _Script()
+
+
+def _log(line: str) -> None:
+    print(f"[Chat Diffusion] {line}", flush=True)
+
+
+def _websocket_ready() -> bool:
+    return link_mod.websocket is not None
+
+
+def _install_help() -> str:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if sys.platform.startswith("linux"):
+        how = "On Debian/Ubuntu: <code>sudo apt install python3-websocket</code>. Elsewhere: "
+    else:
+        how = ""
+    return (
+        "<p><b>websocket-client is missing</b> for the Python OBS uses "
+        f"(Python {version}, {sys.prefix}). {how}"
+        f"<code>python{version} -m pip install websocket-client</code> with that same "
+        "Python (Windows/macOS: the one chosen in Tools &gt; Scripts &gt; Python Settings), "
+        "or install it into a virtual environment and set <i>Extra packages folder</i> "
+        "to its site-packages. Then press <i>Reconnect</i>.</p>"
+    )
+
+
+# --- OBS script API: description and properties ------------------------------------------
+
+
+def script_description() -> str:
+    help_text = (
+        "<p><b>Chat Diffusion</b> shows the images your Twitch chat paints.</p>"
+        "<ol><li>Start the generator host (try <code>generator-host demo</code>).</li>"
+        "<li>Copy the <i>link token</i> it prints into <b>Token</b> below.</li>"
+        "<li>Add an <b>Image</b> source and <b>Text</b> sources for the requester, the "
+        "prompt and the status to your scene, and pick them below.</li></ol>"
+    )
+    if not _websocket_ready():
+        help_text += _install_help()
+    return help_text + f"<p>Connection: <b>{_html(S.connection)}</b></p>"
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _source_names(kind: str) -> list[str]:
+    """Names of existing sources of one kind ('image' or 'text'), every reference released."""
+    names: list[str] = []
+    sources = obs.obs_enum_sources()
+    try:
+        for src in sources or []:
+            sid = obs.obs_source_get_unversioned_id(src) or ""
+            if (kind == "image" and sid == "image_source") or (
+                kind == "text" and sid.startswith("text")
+            ):
+                names.append(obs.obs_source_get_name(src))
+    finally:
+        obs.source_list_release(sources)
+    return sorted(set(names), key=str.lower)
+
+
+def _add_source_picker(props: Any, key: str, label: str, kind: str) -> None:
+    p = obs.obs_properties_add_list(
+        props, key, label, obs.OBS_COMBO_TYPE_EDITABLE, obs.OBS_COMBO_FORMAT_STRING
+    )
+    current = S.config.get(key) or DEFAULT_SOURCES[key]
+    names = _source_names(kind)
+    for name in [current] + [n for n in names if n != current]:
+        obs.obs_property_list_add_string(p, name, name)
+    obs.obs_property_set_long_description(
+        p, f"An existing {kind} source (or type its name; it may be created later)."
+    )
+
+
+def script_properties() -> Any:
+    props = obs.obs_properties_create()
+    info = obs.obs_properties_add_text(
+        props, "connection_info", f"Connection: {S.connection}", obs.OBS_TEXT_INFO
+    )
+    if not S.connected:
+        obs.obs_property_text_set_info_type(info, obs.OBS_TEXT_INFO_WARNING)
+    if not _websocket_ready():
+        missing = obs.obs_properties_add_text(
+            props, "missing_info", "websocket-client is missing: see the description above",
+            obs.OBS_TEXT_INFO,
+        )  # fmt: skip
+        obs.obs_property_text_set_info_type(missing, obs.OBS_TEXT_INFO_ERROR)
+    p = obs.obs_properties_add_text(props, "host", "Host address", obs.OBS_TEXT_DEFAULT)
+    obs.obs_property_set_long_description(
+        p, "Where the generator host runs, e.g. ws://127.0.0.1:8765 (wss:// with TLS)."
+    )
+    p = obs.obs_properties_add_text(props, "token", "Token", obs.OBS_TEXT_PASSWORD)
+    obs.obs_property_set_long_description(p, "The link token the host prints when it starts.")
+    p = obs.obs_properties_add_float_slider(
+        props, "threshold_offset", "Safety threshold (- looser / + stricter)", -0.05, 0.05, 0.001
+    )
+    obs.obs_property_set_long_description(
+        p,
+        "0 is the stock Stable Diffusion filter. Move right (positive) to be stricter: more "
+        "images are caught, also harmless ones. Move left to be looser: fewer false "
+        "alarms, more risk. 0.01 is about the original project's default.",
+    )
+    p = obs.obs_properties_add_list(
+        props, "grid", "Images per request", obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_INT
+    )
+    for label, value in (("1 image", 1), ("4 images (2x2 grid)", 4), ("9 images (3x3)", 9)):
+        obs.obs_property_list_add_int(p, label, value)
+    p = obs.obs_properties_add_list(
+        props, "approval_mode", "Flagged images", obs.OBS_COMBO_TYPE_LIST,
+        obs.OBS_COMBO_FORMAT_STRING,
+    )  # fmt: skip
+    for label, value in (
+        ("Blur them", "blur"),
+        ("Hold them until I approve", "hold"),
+        ("Skip them", "skip"),
+        ("Show everything (filter off)", "off"),
+    ):
+        obs.obs_property_list_add_string(p, label, value)
+    _add_source_picker(props, "image_source", "Image source", "image")
+    _add_source_picker(props, "requester_source", "Requester text source", "text")
+    _add_source_picker(props, "prompt_source", "Prompt text source", "text")
+    _add_source_picker(props, "status_source", "Status text source", "text")
+    p = obs.obs_properties_add_int(props, "slideshow_seconds", "Slideshow every (s)", 0, 3600, 1)
+    obs.obs_property_set_long_description(p, "0 turns the slideshow of past images off.")
+    obs.obs_properties_add_bool(props, "save_images", "Save images in the host's gallery")
+    p = obs.obs_properties_add_path(
+        props, "python_path", "Extra packages folder (optional)", obs.OBS_PATH_DIRECTORY, "", ""
+    )
+    obs.obs_property_set_long_description(
+        p, "A site-packages folder holding websocket-client, if OBS's Python lacks it."
+    )
+    for name, label, callback in (
+        ("btn_reconnect", "Reconnect", _on_reconnect),
+        ("btn_approve", "Approve", _button("approve")),
+        ("btn_clear", "Clear", _button("clear")),
+        ("btn_prev", "Previous", _button("prev")),
+        ("btn_next", "Next", _button("next")),
+        ("btn_slideshow", "Slideshow on/off", _button("slideshow")),
+    ):
+        obs.obs_properties_add_button(props, name, label, callback)
+    return props
+
+
+def script_defaults(settings: Any) -> None:
+    obs.obs_data_set_default_string(settings, "host", DEFAULT_HOST)
+    obs.obs_data_set_default_string(settings, "token", "")
+    obs.obs_data_set_default_double(settings, "threshold_offset", 0.0)
+    obs.obs_data_set_default_int(settings, "grid", 1)
+    obs.obs_data_set_default_string(settings, "approval_mode", "blur")
+    for key, name in DEFAULT_SOURCES.items():
+        obs.obs_data_set_default_string(settings, key, name)
+    obs.obs_data_set_default_int(settings, "slideshow_seconds", 0)
+    obs.obs_data_set_default_bool(settings, "save_images", True)
+    obs.obs_data_set_default_string(settings, "python_path", "")
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def _read_config(settings: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "host": (obs.obs_data_get_string(settings, "host") or "").strip(),
+        "token": (obs.obs_data_get_string(settings, "token") or "").strip(),
+        "python_path": (obs.obs_data_get_string(settings, "python_path") or "").strip(),
+        "threshold_offset": float(obs.obs_data_get_double(settings, "threshold_offset")),
+        "grid": int(obs.obs_data_get_int(settings, "grid")),
+        "approval_mode": obs.obs_data_get_string(settings, "approval_mode") or "blur",
+        "slideshow_seconds": float(obs.obs_data_get_int(settings, "slideshow_seconds")),
+        "save_images": bool(obs.obs_data_get_bool(settings, "save_images")),
+    }
+    for key, default in DEFAULT_SOURCES.items():
+        cfg[key] = (obs.obs_data_get_string(settings, key) or "").strip() or default
+    return cfg
+
+
+def _settings_message(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The panel's show settings for the host, clamped to what the protocol accepts."""
+    grid = cfg["grid"] if cfg["grid"] in protocol.GRIDS else 1
+    mode = cfg["approval_mode"]
+    return protocol.make_settings(
+        threshold_offset=max(-1.0, min(1.0, cfg["threshold_offset"])),
+        grid=grid,
+        approval_mode=mode if mode in protocol.APPROVAL_MODES else "blur",
+        slideshow_seconds=max(0.0, min(86400.0, cfg["slideshow_seconds"])),
+        save_images=cfg["save_images"],
+    )
+
+
+def _use_python_path(path: str) -> None:
+    """Let OBS's Python find websocket-client in a folder the streamer chose."""
+    if not path or not os.path.isdir(path) or _websocket_ready():
+        return
+    if path not in sys.path:
+        sys.path.append(path)
+    try:
+        link_mod.websocket = importlib.import_module("websocket")
+        _log(f"websocket-client found in {path}")
+    except ImportError:
+        _log(f"websocket-client is not in {path} either")
+
+
+def script_update(settings: Any) -> None:
+    S.config = _read_config(settings)
+    _use_python_path(S.config["python_path"])
+    if S.link is not None:
+        S.link.set_settings(_settings_message(S.config))
+    key = (S.config["host"], S.config["token"], S.config["python_path"])
+    if S.loaded and key != S.link_key:
+        S.restart_at = time.monotonic() + DEBOUNCE_S
+
+
+def script_save(settings: Any) -> None:
+    for name, hotkey_id in S.hotkeys.items():
+        array = obs.obs_hotkey_save(hotkey_id)
+        try:
+            obs.obs_data_set_array(settings, f"hotkey_{name}", array)
+        finally:
+            obs.obs_data_array_release(array)
+
+
+# --- load / unload -----------------------------------------------------------------------
+
+
+def _old_link_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == link_mod.THREAD_NAME)
+
+
+def script_load(settings: Any) -> None:
+    _log(f"script loaded (link threads left from earlier loads: {_old_link_threads()})")
+    S.config = _read_config(settings)
+    _use_python_path(S.config["python_path"])
+    for name, description in HOTKEYS:
+        hotkey_id = obs.obs_hotkey_register_frontend(
+            f"chat_diffusion.{name}", description, _hotkey(name)
+        )
+        S.hotkeys[name] = hotkey_id
+        array = obs.obs_data_get_array(settings, f"hotkey_{name}")
+        try:
+            obs.obs_hotkey_load(hotkey_id, array)
+        finally:
+            obs.obs_data_array_release(array)
+    S.loaded = True
+    _restart_link()
+    obs.timer_add(_tick, TICK_MS)
+
+
+def script_unload() -> None:
+    started = time.monotonic()
+    S.loaded = False
+    obs.timer_remove(_tick)
+    stopped = True
+    if S.link is not None:
+        stopped = S.link.stop(timeout=1.0)
+        S.link = None
+    for hotkey_id in S.hotkeys.values():
+        obs.obs_hotkey_unregister(hotkey_id)
+    S.hotkeys.clear()
+    ms = (time.monotonic() - started) * 1000
+    state = "stopped" if stopped else "STILL RUNNING"
+    _log(f"script unloaded (link thread {state} after {ms:.0f} ms)")
+
+
+def _restart_link() -> None:
+    """(Re)create the link thread for the current host address and token."""
+    S.restart_at = 0.0
+    if S.link is not None:
+        S.link.stop(timeout=1.0)
+        S.link = None
+    cfg = S.config
+    S.link_key = (cfg["host"], cfg["token"], cfg["python_path"])
+    if not _websocket_ready():
+        _set_connection("websocket-client is missing (see the description)", False)
+        return
+    if not cfg["token"]:
+        _set_connection("no token set: copy the host's link token into Token", False)
+        return
+    try:
+        link_mod.parse_address(cfg["host"])
+    except ValueError as exc:
+        _set_connection(str(exc), False)
+        return
+    name = f"OBS {obs.obs_get_version_string()} on {socket.gethostname()}"
+    S.link = link_mod.LinkClient(cfg["host"], cfg["token"], name, IMAGE_DIR)
+    S.link.set_settings(_settings_message(cfg))
+    S.link.start()
+
+
+# --- buttons and hotkeys (OBS UI / hotkey threads: no obs_* calls, just send) -----------
+
+
+def _action(name: str) -> None:
+    link = S.link
+    if link is None or not link.send(protocol.make_action(name)):
+        _log(f"'{name}' not sent: not connected to the host")
+
+
+def _button(name: str) -> Any:
+    def pressed(props: Any, prop: Any) -> bool:
+        _action(name)
+        return True  # refresh the panel so the connection line is current
+
+    return pressed
+
+
+def _hotkey(name: str) -> Any:
+    def pressed(is_pressed: bool) -> None:
+        if is_pressed:
+            _action(name)
+
+    return pressed
+
+
+def _on_reconnect(props: Any, prop: Any) -> bool:
+    if S.link is not None and S.link_key == (
+        S.config["host"], S.config["token"], S.config["python_path"]
+    ):  # fmt: skip
+        S.link.reconnect_now()
+    else:
+        _restart_link()
+    return True
+
+
+# --- the OBS timer: the only place that touches sources -----------------------------------
+
+
+def _tick() -> None:
+    try:
+        if S.restart_at and time.monotonic() >= S.restart_at:
+            _restart_link()
+        link = S.link
+        if link is None:
+            return
+        for _ in range(MAX_ITEMS_PER_TICK):
+            try:
+                item = link.inbox.get_nowait()
+            except queue.Empty:
+                break
+            _apply(item)
+    except Exception as exc:  # noqa: BLE001 - a bad message must not spam OBS every tick
+        _log(f"error while updating sources: {type(exc).__name__}: {exc}")
+
+
+def _set_connection(text: str, connected: bool) -> None:
+    S.connection = text
+    S.connected = connected
+    if not connected and not S.shown_offline:
+        S.shown_offline = True
+        _set_text(S.config.get("status_source", ""), OFFLINE_TEXT)
+    if connected:
+        S.shown_offline = False
+
+
+def _apply(item: dict[str, Any]) -> None:
+    kind = item.get("type")
+    cfg = S.config
+    if kind == "log":
+        _log(item["text"])
+    elif kind == "link":
+        _set_connection(item["text"], item["connected"])
+    elif kind == "show":
+        _set_image(cfg["image_source"], item["path"])
+        _set_text(cfg["requester_source"], item.get("requester", ""))
+        _set_text(cfg["prompt_source"], item.get("prompt", ""))
+    elif kind == "clear":
+        _set_image(cfg["image_source"], "")
+        _set_text(cfg["requester_source"], "")
+        _set_text(cfg["prompt_source"], "")
+    elif kind == "status":
+        _set_text(cfg["status_source"], item.get("text", ""))
+
+
+def _update_source(name: str, key: str, value: str) -> bool:
+    """Set one string setting of a source by name; False when there is no such source."""
+    if not name:
+        return False
+    source = obs.obs_get_source_by_name(name)
+    if source is None:
+        return False
+    try:
+        data = obs.obs_data_create()
+        try:
+            obs.obs_data_set_string(data, key, value)
+            obs.obs_source_update(source, data)
+        finally:
+            obs.obs_data_release(data)
+    finally:
+        obs.obs_source_release(source)
+    return True
+
+
+def _set_image(name: str, path: str) -> None:
+    _update_source(name, "file", path)
+
+
+def _set_text(name: str, text: str) -> None:
+    # The protocol already cleaned it; clean again so no caller can put raw text on air.
+    with contextlib.suppress(Exception):
+        text = protocol.clean_text(str(text), protocol.MAX_PROMPT)
+    _update_source(name, "text", text)

@@ -1,0 +1,417 @@
+"""The OBS script's end of the link: a websocket-client thread and the image folder.
+
+Kept apart from chat_diffusion.py because nothing here may touch OBS: this runs on its
+own thread, and everything OBS must do is handed over through `LinkClient.inbox`, which
+the script's OBS timer drains. Standard library + websocket-client, Python 3.9+.
+
+Why a thread with select() and a wake-up socket: OBS's own thread must never block on
+the network, sends (buttons, hotkeys) must leave at once, and script_unload must be able
+to stop everything within a second, even mid-connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import chat_diffusion_protocol as protocol
+
+try:
+    import websocket  # websocket-client (Debian: python3-websocket)
+except ImportError:  # the script explains how to install it
+    websocket = None  # type: ignore[assignment]
+
+THREAD_NAME = "chat-diffusion-link"
+CONNECT_TIMEOUT = 5.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+REFUSED_WAIT = 30.0  # after a wrong token or version: the user has to change something
+KEEP_IMAGES = 3  # our own newest files kept; older ones are deleted
+STALE_SECONDS = 3600.0  # other processes' files older than this are cleaned on start
+
+
+class Refused(Exception):
+    """The host refused us for a reason only the streamer can fix (token, version)."""
+
+
+def parse_address(address: str) -> tuple[str, str, int, bool]:
+    """'ws://host:port', 'host:port' or 'host' -> (url, host, port, tls); ValueError if bad."""
+    address = address.strip()
+    if not address:
+        raise ValueError("no host address set")
+    if "://" not in address:
+        address = "ws://" + address
+    parts = urlsplit(address)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("the host address must look like ws://127.0.0.1:8765")
+    try:
+        port = parts.port or 8765
+    except ValueError:
+        raise ValueError("the port in the host address is not a number") from None
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    url = f"{parts.scheme}://{shown}:{port}/"
+    return url, host, port, parts.scheme == "wss"
+
+
+class ImageStore:
+    """Writes each image under a NEW name in our folder, atomically, and prunes old ones.
+
+    A new name per image is what makes OBS show it at once (setting `file` to a new path),
+    and writing to a temporary name first means OBS never reads a half-written PNG.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.prefix = f"show-{os.getpid()}-"
+        self._seq = 0
+        self._mine: list[str] = []
+
+    def clean_stale(self, now: float | None = None) -> None:
+        """Remove other runs' old images (not the newest: a source may still show it)."""
+        now = time.time() if now is None else now
+        try:
+            names = [n for n in os.listdir(self.folder) if n.startswith("show-")]
+        except OSError:
+            return
+        paths = [os.path.join(self.folder, n) for n in names]
+        try:
+            newest = max(paths, key=os.path.getmtime) if paths else ""
+        except OSError:
+            newest = ""
+        for path in paths:
+            if path == newest or os.path.basename(path).startswith(self.prefix):
+                continue
+            try:
+                if now - os.path.getmtime(path) > STALE_SECONDS or path.endswith(".tmp"):
+                    os.remove(path)
+            except OSError:
+                pass
+
+    def write(self, png: bytes, entry_id: int) -> str:
+        os.makedirs(self.folder, exist_ok=True)
+        self._seq += 1
+        name = f"{self.prefix}{self._seq}-{entry_id}.png"
+        path = os.path.join(self.folder, name)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(png)
+        os.replace(tmp, path)
+        self._mine.append(path)
+        while len(self._mine) > KEEP_IMAGES:
+            old = self._mine.pop(0)
+            with contextlib.suppress(OSError):
+                os.remove(old)
+        return path
+
+
+def _cap_frames(ws: Any, limit: int) -> None:
+    """Refuse a frame as soon as its header announces more than `limit` bytes.
+
+    websocket-client has no max_size; without this a hostile host could make OBS
+    allocate any amount. Uses websocket-client internals, so it degrades to the size
+    check in protocol.decode if they change.
+    """
+    fb = getattr(ws, "frame_buffer", None)
+    original = getattr(fb, "recv_length", None)
+    if original is None:
+        return
+
+    def recv_length() -> None:
+        original()
+        pending = 0
+        cont = getattr(getattr(ws, "cont_frame", None), "cont_data", None)
+        if cont:
+            pending = len(cont[1])
+        if (fb.length or 0) + pending > limit:
+            raise websocket.WebSocketException(f"host sent a frame over {limit} bytes")
+
+    fb.recv_length = recv_length
+
+
+class LinkClient:
+    """Keeps a connection to the host, turning its messages into `inbox` items for OBS.
+
+    Inbox items are protocol messages, except that `show` carries `path` (the written
+    PNG) instead of image bytes, and a `state` is split into `show`/`clear` + `status`.
+    `status` is a one-line human description of the connection.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        client_name: str,
+        image_dir: str,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.token = token
+        self.client_name = client_name
+        self.images = ImageStore(image_dir)
+        self.inbox: queue.Queue = queue.Queue()
+        self.status = "not started"
+        self.connected = False
+        # By default log lines travel through the inbox, so OBS prints them on its own
+        # thread, attributed to this script.
+        self._log = log or (lambda line: self.inbox.put({"type": "log", "text": line}))
+        self._last_logged = ""
+        self._outbox: list[dict[str, Any]] = []
+        self._settings: dict[str, Any] | None = None
+        self._sent: dict[str, Any] | None = None  # the settings the host has
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._kick = threading.Event()  # reconnect now / stop waiting
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sock: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+
+    # --- called from OBS's threads --------------------------------------------------------
+
+    def start(self) -> None:
+        self.images.clean_stale()
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop the thread; True when it ended within `timeout` seconds."""
+        self._stop.set()
+        self._kick.set()
+        self._wake()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        alive = self._thread.is_alive()
+        if not alive:
+            for s in (self._wake_r, self._wake_w):
+                s.close()
+        return not alive
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Queue a message for the host; False (dropped) while not connected."""
+        if not self.connected:
+            return False
+        with self._lock:
+            self._outbox.append(msg)
+        self._wake()
+        return True
+
+    def set_settings(self, msg: dict[str, Any]) -> None:
+        """Remember the panel settings; sent on every connect and now if connected."""
+        with self._lock:
+            self._settings = msg
+        self._wake()
+
+    def reconnect_now(self) -> None:
+        """Drop the current connection (if any) and try again without waiting."""
+        self._kick.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._wake()
+
+    # --- the thread -----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _set_status(self, text: str, connected: bool = False) -> None:
+        self.status = text
+        self.connected = connected
+        if text != self._last_logged:  # one line per change, never a line per retry
+            self._last_logged = text
+            self._log(text)
+        self.inbox.put({"type": "link", "text": text, "connected": connected})
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST
+        try:
+            url, _, _, _ = parse_address(self.address)
+        except ValueError as exc:
+            self._set_status(f"not connected: {exc}")
+            return
+        while not self._stop.is_set():
+            self._kick.clear()
+            wait = backoff
+            try:
+                ws = self._connect()
+                backoff = BACKOFF_FIRST
+                self._session(ws)
+            except Refused as exc:
+                self._set_status(f"refused by the host: {exc}")
+                wait = REFUSED_WAIT
+            except Exception as exc:  # noqa: BLE001 - every failure means: retry later
+                if self._stop.is_set():
+                    break
+                if self.connected or not self.status.startswith("host not reachable"):
+                    why = str(exc) or type(exc).__name__
+                    self._set_status(f"host not reachable at {url} ({why[:80]}); retrying")
+                backoff = min(BACKOFF_MAX, backoff * 2)
+            finally:
+                self.connected = False
+                self._close_socket()
+            if self._kick.is_set():
+                continue
+            self._kick.wait(wait)
+        self._set_status("stopped")
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _tcp_connect(self, host: str, port: int) -> socket.socket:
+        """A TCP connection that stop() can interrupt (select on the wake-up socket)."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        self._sock = sock
+        sock.setblocking(False)
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, 10035):
+            raise OSError(err, os.strerror(err))
+        _, ready, _ = select.select([self._wake_r], [sock], [sock], CONNECT_TIMEOUT)
+        if self._stop.is_set() or self._kick.is_set():
+            raise OSError("stopped")
+        if not ready:
+            raise OSError("connection timed out")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+        sock.setblocking(True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _connect(self) -> Any:
+        url, host, port, tls = parse_address(self.address)
+        sock = self._tcp_connect(host, port)
+        sock.settimeout(CONNECT_TIMEOUT)
+        if tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            self._sock = sock
+        ws = websocket.WebSocket(skip_utf8_validation=False, enable_multithread=True)
+        _cap_frames(ws, protocol.MAX_HOST_FRAME)
+        ws.connect(url, socket=sock, suppress_origin=True, timeout=CONNECT_TIMEOUT)
+        hello = protocol.encode(protocol.make_hello(self.token, self.client_name), "script")
+        if hello.error or hello.text is None:
+            raise Refused(f"the token in the script settings is not usable ({hello.error})")
+        ws.send(hello.text)
+        with self._lock:  # the host reads these once it has checked the hello
+            self._sent = self._settings
+            self._outbox = []  # clicks made while disconnected are not replayed
+        if self._sent is not None:
+            ws.send(protocol.encode(self._sent, "script").text or "")
+        return ws
+
+    def _flush(self, ws: Any) -> None:
+        """Send queued messages, and the settings if they changed since last sent."""
+        with self._lock:
+            pending, self._outbox = self._outbox, []
+            if self.connected and self._settings is not None and self._settings != self._sent:
+                pending.insert(0, self._settings)
+                self._sent = self._settings
+        for msg in pending:
+            enc = protocol.encode(msg, "script")
+            if enc.text is not None:
+                ws.send(enc.text)
+            else:
+                self._log(f"not sending an invalid {msg.get('type')} message: {enc.error}")
+
+    def _session(self, ws: Any) -> None:
+        """Read frames until the connection ends; send queued messages as they come."""
+        sock = ws.sock
+        while not self._stop.is_set() and not self._kick.is_set():
+            if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+                readable = [sock]  # decrypted bytes select() cannot see
+            else:
+                readable, _, _ = select.select([sock, self._wake_r], [], [], 1.0)
+            if self._wake_r in readable:
+                try:
+                    while self._wake_r.recv(4096):
+                        pass
+                except OSError:
+                    pass
+            self._flush(ws)
+            if sock not in readable:
+                continue
+            opcode, data = ws.recv_data(False)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                self._closed(bytes(data or b""))
+                return
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                data = bytes(data).decode("utf-8", "replace")
+            if not self._handle(data):
+                return
+            self._flush(ws)
+
+    def _closed(self, payload: bytes) -> None:
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        reason = protocol.clean_text(payload[2:].decode("utf-8", "replace"), 120)
+        if code == protocol.CLOSE_BAD_TOKEN:
+            raise Refused("wrong token: copy the token the host prints into this script")
+        if code == protocol.CLOSE_BAD_VERSION:
+            raise Refused(f"version mismatch, update the script or the host ({reason})")
+        if code == protocol.CLOSE_NO_HELLO:
+            raise Refused(reason or "the host did not accept our hello")
+        raise OSError(f"host closed the link ({code} {reason})".strip())
+
+    def _handle(self, raw: Any) -> bool:
+        """Turn one host frame into inbox items; False when the host said bye."""
+        decoded = protocol.decode(raw, "host")
+        msg = decoded.message
+        if msg is None:
+            self._log(f"ignored a bad frame from the host: {decoded.error}")
+            return True
+        kind = msg["type"]
+        if not self.connected:
+            self._set_status(f"connected to {parse_address(self.address)[0]}", connected=True)
+        if kind == "state":
+            show = msg["show"]
+            if show is None:
+                self.inbox.put(protocol.make_clear())
+            else:
+                self._put_show(show)
+            if msg["status"] is not None:
+                self.inbox.put({"v": protocol.VERSION, "type": "status", **msg["status"]})
+        elif kind == "show":
+            self._put_show(msg)
+        elif kind == "bye":
+            self.connected = False
+            reason = msg["reason"] or "host stopped"
+            self._set_status(f"host stopped ({reason}); waiting for it to come back")
+            return False
+        elif kind == "error":
+            self._log(f"the host refused a message: {msg['reason']}")
+        else:
+            self.inbox.put(msg)
+        return True
+
+    def _put_show(self, show: dict[str, Any]) -> None:
+        try:
+            path = self.images.write(show["image"], show["entry_id"])
+        except OSError as exc:
+            self._log(f"cannot write the image into {self.images.folder}: {exc}")
+            return
+        item = {k: v for k, v in show.items() if k != "image"}
+        item.update(type="show", path=path)
+        self.inbox.put(item)

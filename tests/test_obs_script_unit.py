@@ -1,0 +1,437 @@
+"""The OBS script against a fake obspython and the host's REAL link server.
+
+The fake stands in for OBS only (tests/fake_obspython.py): it keeps sources, counts
+every reference and records which thread made each obs_* call. The network, the image
+files and the host are real. What a streamer would notice is asserted: the image source
+shows the new picture, buttons and hotkeys reach the host, a dead host does not spam the
+log, unloading leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from obs_script import chat_diffusion_protocol as p
+from tests.fake_obspython import Data, FakeOBS
+from tests.fixtures_obs import LINK_TOKEN, RunningLink, make_cert, make_png
+
+SCRIPT_DIR = Path(__file__).resolve().parent.parent / "obs_script"
+IMAGE, REQUESTER, PROMPT, STATUS = (
+    "Chat Diffusion Image",
+    "Chat Diffusion Requester",
+    "Chat Diffusion Prompt",
+    "Chat Diffusion Status",
+)
+
+
+class Runner:
+    """Loads the script into the fake OBS as OBS does, and pumps OBS's timer."""
+
+    def __init__(self, fake: FakeOBS, image_dir: Path) -> None:
+        self.fake = fake
+        self.image_dir = image_dir
+        self.mod: ModuleType | None = None
+        self.settings = Data()
+
+    def load(self, **values: Any) -> ModuleType:
+        if "chat_diffusion" in sys.modules:
+            mod = importlib.reload(sys.modules["chat_diffusion"])
+        else:
+            mod = importlib.import_module("chat_diffusion")
+        mod.IMAGE_DIR = str(self.image_dir)
+        self.settings.values.update(values)
+        mod.script_defaults(self.settings)
+        mod.script_update(self.settings)
+        mod.script_load(self.settings)
+        self.mod = mod
+        return mod
+
+    def update(self, **values: Any) -> None:
+        self.settings.values.update(values)
+        assert self.mod is not None
+        self.mod.script_update(self.settings)
+
+    def unload(self) -> None:
+        if self.mod is not None:
+            self.mod.script_unload()
+            self.mod = None
+
+    def pump(self, until: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run OBS timer ticks until `until()` is truthy; fail after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.fake.tick()
+            result = until()
+            if result:
+                return result
+            time.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {until}")
+
+    def connected(self) -> bool:
+        assert self.mod is not None
+        return bool(self.mod.S.connected)
+
+
+@pytest.fixture
+def fake_obs(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOBS]:
+    fake = FakeOBS()
+    fake.add_source(IMAGE, "image_source", file="")
+    for name in (REQUESTER, PROMPT, STATUS):
+        fake.add_source(name, "text_ft2_source", text="")
+    fake.add_source("Webcam", "v4l2_input")
+    monkeypatch.setitem(sys.modules, "obspython", fake.module)
+    monkeypatch.syspath_prepend(str(SCRIPT_DIR))
+    yield fake
+    for name in ("chat_diffusion", "chat_diffusion_link"):
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def runner(fake_obs: FakeOBS, tmp_path: Path) -> Iterator[Runner]:
+    r = Runner(fake_obs, tmp_path / "images")
+    yield r
+    r.unload()
+    assert fake_obs.leaks() == []
+    assert fake_obs.foreign_thread_calls() == []
+
+
+def link_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "chat-diffusion-link"]
+
+
+def text_of(fake: FakeOBS, name: str) -> str:
+    return fake.sources[name].settings.get("text", "")
+
+
+def test_a_new_image_reaches_the_image_source_under_a_new_file(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(runner.connected)
+    files: list[str] = []
+    src = runner.fake.sources[IMAGE]
+    for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9), (1, 2, 3)]):
+        png = make_png(color)
+        link_server.show(i + 1, png, "alice", f"picture {i}")
+        path = runner.pump(lambda: src.settings["file"] not in files and src.settings["file"])  # noqa: B023
+        assert Path(path).read_bytes() == png
+        assert Path(path).parent == runner.image_dir
+        files.append(path)
+        assert text_of(runner.fake, REQUESTER) == "alice"
+        assert text_of(runner.fake, PROMPT) == f"picture {i}"
+    assert len(set(files)) == 5
+    # old images are cleaned up, the one on screen stays
+    left = sorted(os.listdir(runner.image_dir))
+    assert len(left) <= 3 and os.path.basename(files[-1]) in left
+    link_server.broadcast(p.make_clear())
+    runner.pump(lambda: runner.fake.sources[IMAGE].settings["file"] == "")
+    assert text_of(runner.fake, PROMPT) == ""
+
+
+def test_status_text_follows_the_host(runner: Runner, link_server: RunningLink) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(lambda: text_of(runner.fake, STATUS) == "idle")
+    link_server.broadcast(p.make_status("generating 2/4, 3 waiting", 2, 4, 3))
+    runner.pump(lambda: text_of(runner.fake, STATUS) == "generating 2/4, 3 waiting")
+
+
+def test_settings_reach_the_host_on_connect_and_on_change(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN, grid=4, approval_mode="hold")
+    first = link_server.next_message("settings")
+    assert first["grid"] == 4 and first["approval_mode"] == "hold"
+    runner.pump(runner.connected)
+    runner.update(threshold_offset=0.015, slideshow_seconds=20, save_images=False)
+    runner.pump(lambda: True)
+    changed = link_server.next_message("settings")
+    assert changed["threshold_offset"] == 0.015 and changed["slideshow_seconds"] == 20.0
+    assert changed["save_images"] is False and changed["grid"] == 4
+
+
+def test_buttons_and_hotkeys_send_actions(runner: Runner, link_server: RunningLink) -> None:
+    mod = runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(runner.connected)
+    props = mod.script_properties()
+    buttons = {
+        "btn_approve": "approve",
+        "btn_clear": "clear",
+        "btn_prev": "prev",
+        "btn_next": "next",
+        "btn_slideshow": "slideshow",
+    }
+    for key, action in buttons.items():
+        assert props.props[key].extra["callback"](props, props.props[key]) is True
+        assert link_server.next_message("action")["action"] == action
+    names = {name: cb for name, _, cb in runner.fake.hotkeys.values()}
+    assert set(names) == {f"chat_diffusion.{a}" for a in ("approve", "clear", "prev", "next")}
+    names["chat_diffusion.approve"](False)  # key released: nothing
+    names["chat_diffusion.next"](True)
+    assert link_server.next_message("action")["action"] == "next"
+
+
+def test_hotkey_bindings_are_saved_with_the_script_settings(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    mod = runner.load(host=link_server.url, token=LINK_TOKEN)
+    approve_id = next(h for h, v in runner.fake.hotkeys.items() if v[0].endswith("approve"))
+    runner.fake.hotkey_bindings[approve_id] = [{"key": "OBS_KEY_F9"}]
+    mod.script_save(runner.settings)
+    assert runner.settings.values["hotkey_approve"] == [{"key": "OBS_KEY_F9"}]
+    runner.unload()
+    runner.load()
+    approve_id = next(h for h, v in runner.fake.hotkeys.items() if v[0].endswith("approve"))
+    assert runner.fake.hotkey_bindings[approve_id] == [{"key": "OBS_KEY_F9"}]
+
+
+def test_unload_stops_the_thread_within_a_second_and_releases_everything(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(runner.connected)
+    start = time.monotonic()
+    runner.unload()
+    assert time.monotonic() - start < 1.0
+    assert link_threads() == []
+    assert runner.fake.timers == [] and runner.fake.hotkeys == {}
+    assert runner.fake.leaks() == []
+
+
+def test_reloading_twenty_times_leaves_no_thread_and_no_reference(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    for i in range(20):
+        mod = runner.load(host=link_server.url, token=LINK_TOKEN)
+        if i % 5 == 0:
+            runner.pump(runner.connected)
+            mod.script_properties()
+        runner.unload()
+    assert link_threads() == []
+    assert runner.fake.timers == [] and runner.fake.hotkeys == {}
+    assert runner.fake.leaks() == []
+
+
+def test_unload_is_prompt_while_connecting_to_an_unreachable_host(runner: Runner) -> None:
+    # 10.255.255.1 is not routable: the connect would hang for seconds
+    runner.load(host="ws://10.255.255.1:8765", token=LINK_TOKEN)
+    time.sleep(0.3)
+    start = time.monotonic()
+    runner.unload()
+    assert time.monotonic() - start < 1.0 and link_threads() == []
+
+
+def test_quiet_while_the_host_is_down_then_reconnects(
+    runner: Runner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probe = RunningLink()
+    port = probe.port
+    probe.close()  # a port that nothing listens on now
+    runner.load(host=f"ws://127.0.0.1:{port}", token=LINK_TOKEN)
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        runner.fake.tick()
+        time.sleep(0.02)
+    log = capsys.readouterr().out
+    assert log.count("not reachable") == 1, log
+    assert text_of(runner.fake, STATUS) == "Chat Diffusion: waiting for the host"
+    assert "not reachable" in runner.mod.script_description()
+    host = RunningLink(port=port)
+    try:
+        props = runner.mod.script_properties()
+        props.props["btn_reconnect"].extra["callback"](props, None)
+        runner.pump(runner.connected, timeout=3)
+        assert "connected" in runner.mod.script_properties().props["connection_info"].label
+    finally:
+        host.close()
+
+
+def test_host_restart_shows_the_current_image_again(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(runner.connected)
+    link_server.show(1, make_png((200, 0, 0)), "bob", "first")
+    src = runner.fake.sources[IMAGE]
+    runner.pump(lambda: src.settings["file"])
+    port = link_server.port
+    link_server.close()
+    runner.pump(lambda: not runner.connected())
+    host = RunningLink(port=port)
+    try:
+        red = make_png((0, 0, 200))
+        host.state = [p.make_state(p.make_show(7, red, "carol", "after restart"), None)]
+        runner.pump(lambda: text_of(runner.fake, PROMPT) == "after restart", timeout=5)
+        assert Path(src.settings["file"]).read_bytes() == red
+    finally:
+        host.close()
+
+
+def test_a_remote_host_over_tls(
+    runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from generator_host.settings import LinkSettings
+
+    cert, key = make_cert(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # trust the test CA like a system CA
+    host = RunningLink(LinkSettings(port=0, tls_cert=cert, tls_key=key))
+    try:
+        runner.load(host=host.url, token=LINK_TOKEN)
+        host.show(4, make_png((4, 5, 6)), "tls", "encrypted")
+        runner.pump(lambda: text_of(runner.fake, PROMPT) == "encrypted")
+        assert host.url.startswith("wss://")
+    finally:
+        host.close()
+
+
+def test_wrong_token_is_reported_and_not_hammered(runner: Runner, link_server: RunningLink) -> None:
+    mod = runner.load(host=link_server.url, token="not-the-token")
+    runner.pump(lambda: "wrong token" in mod.S.connection)
+    attempts = link_server.server._failures["127.0.0.1"][0]
+    time.sleep(1.5)
+    assert link_server.server._failures["127.0.0.1"][0] == attempts
+    assert "wrong token" in mod.script_description()
+
+
+def test_changing_the_token_reconnects_after_typing_stops(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    mod = runner.load(host=link_server.url, token="wrong")
+    runner.pump(lambda: "wrong token" in mod.S.connection)
+    for partial in ("t", "te", LINK_TOKEN):
+        runner.update(token=partial)
+    runner.pump(runner.connected, timeout=4)
+
+
+def test_missing_sources_are_looked_up_again_later(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    del runner.fake.sources[IMAGE]
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(runner.connected)
+    link_server.show(1, make_png((1, 1, 1)), "a", "b")
+    runner.pump(lambda: text_of(runner.fake, PROMPT) == "b")
+    runner.fake.add_source(IMAGE, "image_source", file="")
+    link_server.show(2, make_png((2, 2, 2)), "a", "c")
+    runner.pump(lambda: runner.fake.sources[IMAGE].settings["file"])
+
+
+def test_source_pickers_list_sources_of_the_right_kind(runner: Runner) -> None:
+    mod = runner.load()
+    runner.fake.add_source("Another picture", "image_source")
+    props = mod.script_properties()
+    image_items = [v for _, v in props.props["image_source"].items]
+    text_items = [v for _, v in props.props["prompt_source"].items]
+    assert set(image_items) == {IMAGE, "Another picture"}
+    assert set(text_items) == {REQUESTER, PROMPT, STATUS}
+    assert props.props["image_source"].extra["combo"] == runner.fake.module.OBS_COMBO_TYPE_EDITABLE
+    slider = props.props["threshold_offset"]
+    assert "stricter" in slider.label and "looser" in slider.label
+    assert [v for _, v in props.props["grid"].items] == [1, 4, 9]
+    assert runner.fake.leaks() == []
+
+
+def test_without_a_token_the_panel_says_what_to_do(runner: Runner) -> None:
+    mod = runner.load(token="")
+    assert "no token" in mod.S.connection and link_threads() == []
+
+
+def test_missing_websocket_client_explains_the_install(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = runner.load(token=LINK_TOKEN)
+    runner.unload()
+    link_mod = sys.modules["chat_diffusion_link"]
+    monkeypatch.setattr(link_mod, "websocket", None)
+    mod = runner.load(token=LINK_TOKEN)
+    text = mod.script_description()
+    assert "apt install python3-websocket" in text
+    assert "-m pip install websocket-client" in text
+    assert "missing_info" in mod.script_properties().props
+    assert link_threads() == []
+
+
+class HostileHost:
+    """A websocket server that sends whatever a test wants, token or not."""
+
+    def __init__(self, frames: list[Any]) -> None:
+        import asyncio
+
+        from websockets.asyncio.server import serve
+
+        self.frames = frames
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+        async def handler(ws: Any) -> None:
+            await ws.recv()
+            for frame in self.frames:
+                await ws.send(frame)
+            await ws.wait_closed()
+
+        async def start() -> Any:
+            return await serve(handler, "127.0.0.1", 0, max_size=None)
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(5)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    def close(self) -> None:
+        import asyncio
+
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_a_hostile_host_cannot_crash_the_script_or_garble_the_texts(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import json
+
+    evil_prompt = "ok\x1b[2J\u202eevil\nnext" + "A" * 5000
+    frames: list[Any] = [
+        "{not json",
+        b"\x00binary",
+        json.dumps({"v": 1, "type": "show", "entry_id": 1, "image": "%%%"}),
+        json.dumps({"v": 1, "type": "show", "entry_id": -1, "image": ""}),
+        json.dumps({"v": 7, "type": "clear"}),
+        "[" * 100000,
+        json.dumps(
+            {
+                "v": 1,
+                "type": "show",
+                "entry_id": 2,
+                "image": base64.b64encode(make_png((5, 5, 5))).decode(),
+                "requester": "\x07mallory\x00",
+                "prompt": evil_prompt,
+            }
+        ),
+        "x" * (2 * 1024 * 1024),  # over the cap set below: the link is dropped
+    ]
+    host = HostileHost(frames)
+    try:
+        link_mod = importlib.import_module("chat_diffusion_protocol")
+        monkeypatch.setattr(link_mod, "MAX_HOST_FRAME", 1024 * 1024)
+        runner.load(host=host.url, token=LINK_TOKEN)
+        runner.pump(lambda: text_of(runner.fake, REQUESTER) == "mallory")
+        prompt = text_of(runner.fake, PROMPT)
+        assert prompt.startswith("ok[2Jevil next") and len(prompt) <= p.MAX_PROMPT
+        assert "\x1b" not in prompt and "\u202e" not in prompt
+        mod = runner.mod
+        assert mod is not None
+        runner.pump(lambda: "over" in mod.S.connection or "not reachable" in mod.S.connection)
+    finally:
+        host.close()

@@ -97,7 +97,9 @@ def script_description() -> str:
     help_text = (
         "<p><b>Chat Diffusion</b> shows the images your Twitch chat paints.</p>"
         "<ol><li>Start the generator host (try <code>generator-host demo</code>).</li>"
-        "<li>Copy the <i>link token</i> it prints into <b>Token</b> below.</li>"
+        "<li>Host on this computer: leave <b>Token</b> empty, the script reads the "
+        "host's token file. Host on another computer: copy the token from the file the "
+        "host names at start (<i>token file ...</i>) into <b>Token</b>.</li>"
         "<li>Add an <b>Image</b> source and <b>Text</b> sources for the requester, the "
         "prompt and the status to your scene, and pick them below.</li></ol>"
     )
@@ -157,7 +159,9 @@ def script_properties() -> Any:
         p, "Where the generator host runs, e.g. ws://127.0.0.1:8765 (wss:// with TLS)."
     )
     p = obs.obs_properties_add_text(props, "token", "Token", obs.OBS_TEXT_PASSWORD)
-    obs.obs_property_set_long_description(p, "The link token the host prints when it starts.")
+    obs.obs_property_set_long_description(
+        p, "Empty: read from the host's token file on this computer. Else the token in it."
+    )
     p = obs.obs_properties_add_float_slider(
         props, "threshold_offset", "Safety threshold (- looser / + stricter)", -0.05, 0.05, 0.001
     )
@@ -237,6 +241,8 @@ def _read_config(settings: Any) -> dict[str, Any]:
     }
     for key, default in DEFAULT_SOURCES.items():
         cfg[key] = (obs.obs_data_get_string(settings, key) or "").strip() or default
+    if not cfg["token"] and link_mod.is_local_address(cfg["host"]):
+        cfg["token"] = link_mod.read_local_token()  # host on this computer: its token file
     return cfg
 
 
@@ -339,7 +345,10 @@ def _restart_link() -> None:
         _set_connection("websocket-client is missing (see the description)", False)
         return
     if not cfg["token"]:
-        _set_connection("no token set: copy the host's link token into Token", False)
+        _set_connection(
+            "no token: start the host on this computer, or copy its link token into Token",
+            False,
+        )
         return
     try:
         link_mod.parse_address(cfg["host"])

@@ -44,6 +44,44 @@ class Refused(Exception):
     """The host refused us for a reason only the streamer can fix (token, version)."""
 
 
+def default_token_path(platform: str = "", env: Any = None, home: str = "") -> str:
+    """Where the host keeps its link token on this computer (its data folder).
+
+    Mirrors platformdirs' user_data_dir("chat-diffusion"), which the host uses; a test
+    checks the two agree. Lets a streamer leave Token empty when both run on one machine.
+    """
+    import sys
+
+    platform = platform or sys.platform
+    env = os.environ if env is None else env
+    home = home or os.path.expanduser("~")
+    if platform.startswith("win"):
+        base = env.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
+        return os.path.join(base, "chat-diffusion", "link-token")
+    if platform == "darwin":
+        base = os.path.join(home, "Library", "Application Support")
+        return os.path.join(base, "chat-diffusion", "link-token")
+    base = env.get("XDG_DATA_HOME", "").strip() or os.path.join(home, ".local", "share")
+    return os.path.join(base, "chat-diffusion", "link-token")
+
+
+def read_local_token(path: str = "") -> str:
+    """The token from the host's token file, or "" when there is none to read."""
+    try:
+        with open(path or default_token_path(), encoding="utf-8") as f:
+            return f.read(protocol.MAX_TOKEN + 1).strip()[: protocol.MAX_TOKEN]
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def is_local_address(address: str) -> bool:
+    try:
+        host = parse_address(address)[1]
+    except ValueError:
+        return False
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
 def parse_address(address: str) -> tuple[str, str, int, bool]:
     """'ws://host:port', 'host:port' or 'host' -> (url, host, port, tls); ValueError if bad."""
     address = address.strip()

@@ -1,0 +1,56 @@
+"""The OBS script finds the host's link token on the same computer by itself."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator_host.link import load_or_create_token
+from generator_host.settings import data_dir
+
+SCRIPT_DIR = Path(__file__).resolve().parent.parent / "obs_script"
+
+
+@pytest.fixture
+def link_mod(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(SCRIPT_DIR))
+    import chat_diffusion_link
+
+    yield chat_diffusion_link
+    sys.modules.pop("chat_diffusion_link", None)
+
+
+def test_script_and_host_agree_on_the_token_file(
+    link_mod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Path(link_mod.default_token_path()) == data_dir() / "link-token"
+    token = load_or_create_token(data_dir() / "link-token")
+    assert link_mod.read_local_token() == token
+
+
+def test_token_paths_per_platform(link_mod) -> None:
+    win = link_mod.default_token_path("win32", {"LOCALAPPDATA": r"C:\Users\a\AppData\Local"}, "h")
+    assert win.endswith(os.path.join("chat-diffusion", "link-token"))
+    assert win.startswith(r"C:\Users\a\AppData\Local")
+    mac = link_mod.default_token_path("darwin", {}, "/Users/a")
+    assert mac == "/Users/a/Library/Application Support/chat-diffusion/link-token"
+    linux = link_mod.default_token_path("linux", {}, "/home/a")
+    assert linux == "/home/a/.local/share/chat-diffusion/link-token"
+
+
+def test_only_local_hosts_use_the_token_file(link_mod) -> None:
+    assert link_mod.is_local_address("ws://127.0.0.1:8765")
+    assert link_mod.is_local_address("localhost:9000")
+    assert not link_mod.is_local_address("ws://192.0.2.7:8765")
+    assert not link_mod.is_local_address("")
+
+
+def test_a_missing_or_unreadable_token_file_gives_no_token(link_mod, tmp_path: Path) -> None:
+    assert link_mod.read_local_token(str(tmp_path / "absent")) == ""
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    assert link_mod.read_local_token(str(bad)) == ""

@@ -245,6 +245,15 @@ class Engine:
             )
         if not local:
             self._announce_download(source)
+        import torch
+
+        if not local and self.dtype == torch.float16:
+            try:  # half the download where the repo has fp16 files (sd-turbo, sdxl-turbo)
+                return AutoPipelineForText2Image.from_pretrained(
+                    source, dtype=self.dtype, variant="fp16"
+                )
+            except Exception:  # noqa: BLE001 - no fp16 variant: load the full files below
+                log.info("no fp16 variant of %s; loading the full-precision files", source)
         try:
             return AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype)
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes a reason
@@ -290,8 +299,15 @@ class Engine:
         """One 1-step image at the default size, so the first chat request is not the slow one."""
         started = time.perf_counter()
         d = self.defaults()
-        params = GenerationParams("warm-up", steps=1, guidance=d["guidance"], width=d["width"],
-                                  height=d["height"], seed=0, count=1)  # fmt: skip
+        params = GenerationParams(
+            "warm-up",
+            steps=1,
+            guidance=d["guidance"],
+            width=d["width"],
+            height=d["height"],
+            seed=0,
+            count=1,
+        )
         try:
             self.generate(params)
         except EngineError as exc:
@@ -434,8 +450,11 @@ class Engine:
         requests: list[GenerationRequest | None],
         on_step: OnStep | None,
         events: list[threading.Event | None],
-    ) -> list[GenerationResult]:
-        """One pipeline call for all images of these requests; OOM retries once in halves."""
+    ) -> list[GenerationResult | EngineError]:
+        """One pipeline call for all images of these requests; OOM retries once in halves.
+
+        Returns one result per request, or Cancelled for one cancelled while batched.
+        """
         prompts: list[str] = []
         negatives: list[str] = []
         seeds: list[int] = []
@@ -469,17 +488,22 @@ class Engine:
             log.exception("safety check failed")
             raise EngineError(f"the safety check failed: {_short(exc)}") from exc
 
-        results: list[GenerationResult] = []
+        results: list[GenerationResult | EngineError] = []
         at = 0
         for p, req, ev in zip(batch, requests, events, strict=True):
             tiles = [
-                GeneratedImage(image=images[at + k], seed=seeds[at + k], scores=scores[at + k],
-                               flagged=flagged[at + k])  # fmt: skip
+                GeneratedImage(
+                    image=images[at + k],
+                    seed=seeds[at + k],
+                    scores=scores[at + k],
+                    flagged=flagged[at + k],
+                )
                 for k in range(p.count)
             ]
             at += p.count
             if ev is not None and ev.is_set():
-                continue  # cancelled while batched with others: its images are dropped
+                results.append(Cancelled())  # cancelled while batched: its images are dropped
+                continue
             results.append(
                 GenerationResult(
                     request=req or _anonymous_request(p),
@@ -498,8 +522,6 @@ class Engine:
                     },
                 )
             )
-        if len(results) != len(batch):
-            raise Cancelled()  # only reachable with one request; others are filtered above
         return results
 
     def _retry_smaller(self, p, prompts, negatives, seeds, on_step, is_cancelled) -> list[Any]:  # noqa: ANN001
@@ -514,8 +536,9 @@ class Engine:
         try:
             for j in range(0, len(seeds), half):
                 sl = slice(j, j + half)
-                images += self._images(p, prompts[sl], negatives[sl], seeds[sl], on_step,
-                                       is_cancelled)  # fmt: skip
+                images += self._images(
+                    p, prompts[sl], negatives[sl], seeds[sl], on_step, is_cancelled
+                )
         except Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -545,7 +568,6 @@ class Engine:
             raise Cancelled()
         gen_device = "cpu" if self.device == "mps" else self.device
         generators = [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
-        pipe = self.pipe
 
         def callback(pipe_: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if is_cancelled():

@@ -11,6 +11,7 @@ recent entries are kept in memory and the screen image is composed from them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ from PIL import Image, PngImagePlugin
 
 from generator_host import grid
 from generator_host.generation import Entry, GenerationResult
-from generator_host.settings import APPROVAL_MODES
+from generator_host.settings import APPROVAL_MODES, GallerySettings
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -126,6 +125,23 @@ class Gallery:
         self._memory_rows: dict[int, tuple[Any, ...]] = {}  # entries the DB could not take
         self._reported: set[str] = set()
         self._db = self._open_db()
+        self._settings: GallerySettings | None = None
+
+    @classmethod
+    def from_settings(cls, settings: GallerySettings, default_folder: Path) -> Gallery:
+        """A gallery that follows [gallery] live: turning save_images off applies at once."""
+        folder = Path(settings.folder).expanduser() if settings.folder else Path(default_folder)
+        legacy = None
+        if settings.legacy_files:
+            legacy = Path(settings.legacy_folder).expanduser() if settings.legacy_folder else None
+            legacy = legacy or folder / "stream"
+        gallery = cls(folder, save_images=settings.save_images, legacy_folder=legacy)
+        gallery._settings = settings
+        return gallery
+
+    @property
+    def saving(self) -> bool:
+        return self._settings.save_images if self._settings is not None else self.save_images
 
     # ----- storage helpers -------------------------------------------------------------
     def _open_db(self) -> sqlite3.Connection:
@@ -137,8 +153,11 @@ class Gallery:
             db.executescript(SCHEMA)
             return db
         except (OSError, sqlite3.Error) as exc:
-            self._report("db", f"cannot open the history in {self.folder}: {exc}; "
-                               "history is kept in memory until restart")  # fmt: skip
+            self._report(
+                "db",
+                f"cannot open the history in {self.folder}: {exc}; "
+                "history is kept in memory until restart",
+            )
             db = sqlite3.connect(":memory:", check_same_thread=False)
             db.executescript(SCHEMA)
             return db
@@ -169,12 +188,22 @@ class Gallery:
         req = result.request
         created = time.time()
         row = (
-            req.id, _clean(req.requester.name), _clean(p.prompt), _clean(p.negative_prompt),
-            int(result.images[0].seed), p.steps, float(p.guidance),
-            result.images[0].image.width, result.images[0].image.height,
-            len(result.images), _clean(result.model), outcome, created, mode,
+            req.id,
+            _clean(req.requester.name),
+            _clean(p.prompt),
+            _clean(p.negative_prompt),
+            int(result.images[0].seed),
+            p.steps,
+            float(p.guidance),
+            result.images[0].image.width,
+            result.images[0].image.height,
+            len(result.images),
+            _clean(result.model),
+            outcome,
+            created,
+            mode,
             json.dumps(flagged),
-        )  # fmt: skip
+        )
         with self._lock:
             entry_id = self._insert(row)
             self._remember(entry_id, [img.image for img in result.images])
@@ -203,9 +232,25 @@ class Gallery:
 
     def _update(self, entry_id: int, **values: Any) -> None:
         if entry_id in self._memory_rows:
-            cols = ["id", "request_id", "requester", "prompt", "negative_prompt", "seed", "steps",
-                    "guidance", "width", "height", "count", "model", "outcome", "created", "mode",
-                    "flagged", "files"]  # fmt: skip
+            cols = [
+                "id",
+                "request_id",
+                "requester",
+                "prompt",
+                "negative_prompt",
+                "seed",
+                "steps",
+                "guidance",
+                "width",
+                "height",
+                "count",
+                "model",
+                "outcome",
+                "created",
+                "mode",
+                "flagged",
+                "files",
+            ]
             row = list(self._memory_rows[entry_id])
             for k, v in values.items():
                 row[cols.index(k)] = v
@@ -214,8 +259,9 @@ class Gallery:
         sets = ", ".join(f"{k} = ?" for k in values)
         try:
             with self._db:
-                self._db.execute(f"UPDATE entries SET {sets} WHERE id = ?",
-                                 (*values.values(), entry_id))  # fmt: skip
+                self._db.execute(
+                    f"UPDATE entries SET {sets} WHERE id = ?", (*values.values(), entry_id)
+                )
         except sqlite3.Error as exc:
             self._report("db-write", f"cannot write the history ({exc})")
 
@@ -233,23 +279,34 @@ class Gallery:
         return self.public_dir / month / name
 
     def _save_tiles(
-        self, entry_id: int, result: GenerationResult, mode: str, flagged: list[bool],
+        self,
+        entry_id: int,
+        result: GenerationResult,
+        mode: str,
+        flagged: list[bool],
         created: float,
-    ) -> list[str]:  # fmt: skip
+    ) -> list[str]:
         """Write each tile as PNG + metadata; flagged tiles go to the private folder."""
         files: list[str] = []
-        if not self.save_images:
+        if not self.saving:
             return files
         checked = mode != "off" and bool(result.extra.get("safety_enabled", True))
-        for k, img in enumerate(result.images):
+        for k in range(len(result.images)):
             public = not flagged[k] or mode == "off"
             path = self._tile_path(entry_id, k, public, created)
             data = self._png_bytes(result, k, entry_id, mode, checked, created)
             files.append(str(path.relative_to(self.folder)) if self._save(path, data) else "")
         return files
 
-    def _png_bytes(self, result: GenerationResult, k: int, entry_id: int, mode: str,
-                   checked: bool, created: float) -> bytes:  # fmt: skip
+    def _png_bytes(
+        self,
+        result: GenerationResult,
+        k: int,
+        entry_id: int,
+        mode: str,
+        checked: bool,
+        created: float,
+    ) -> bytes:
         img = result.images[k]
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", parameters_text(result, k))
@@ -264,13 +321,14 @@ class Gallery:
             "safety": {
                 "scores": scores,
                 "flagged": bool(img.flagged),
-                "verdict": ("flagged" if img.flagged else "ok") if scores is not None
+                "verdict": ("flagged" if img.flagged else "ok")
+                if scores is not None
                 else "unchecked",
                 "offset": result.extra.get("safety_offset"),
                 "approval_mode": mode,
                 "checked": checked,
             },
-        }  # fmt: skip
+        }
         info.add_itxt(METADATA_KEY, json.dumps(meta))
         buf = io.BytesIO()
         img.image.convert("RGB").save(buf, format="PNG", pnginfo=info)
@@ -280,8 +338,9 @@ class Gallery:
     def _row(self, entry_id: int) -> tuple[Any, ...] | None:
         if entry_id in self._memory_rows:
             return self._memory_rows[entry_id]
-        cur = self._db.execute(f"SELECT {ENTRY_COLUMNS}, mode, flagged, files FROM entries "
-                               "WHERE id = ?", (entry_id,))  # fmt: skip
+        cur = self._db.execute(
+            f"SELECT {ENTRY_COLUMNS}, mode, flagged, files FROM entries WHERE id = ?", (entry_id,)
+        )
         return cur.fetchone()
 
     @staticmethod
@@ -297,8 +356,9 @@ class Gallery:
     def recent(self, n: int) -> list[Entry]:
         """The n newest entries, newest first."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {ENTRY_COLUMNS} FROM entries ORDER BY id DESC "
-                                    "LIMIT ?", (max(0, int(n)),)).fetchall()  # fmt: skip
+            rows = self._db.execute(
+                f"SELECT {ENTRY_COLUMNS} FROM entries ORDER BY id DESC LIMIT ?", (max(0, int(n)),)
+            ).fetchall()
             extra = [r[:14] for r in self._memory_rows.values()]
         entries = [self._entry(r) for r in rows + extra]
         return sorted(entries, key=lambda e: e.id, reverse=True)[: max(0, int(n))]
@@ -309,10 +369,14 @@ class Gallery:
         with self._lock:
             prev = self._db.execute(
                 f"SELECT id FROM entries WHERE id < ? AND outcome IN ({marks}) "
-                "ORDER BY id DESC LIMIT 1", (entry_id, *DISPLAYABLE)).fetchone()  # fmt: skip
+                "ORDER BY id DESC LIMIT 1",
+                (entry_id, *DISPLAYABLE),
+            ).fetchone()
             nxt = self._db.execute(
                 f"SELECT id FROM entries WHERE id > ? AND outcome IN ({marks}) "
-                "ORDER BY id ASC LIMIT 1", (entry_id, *DISPLAYABLE)).fetchone()  # fmt: skip
+                "ORDER BY id ASC LIMIT 1",
+                (entry_id, *DISPLAYABLE),
+            ).fetchone()
         return (prev[0] if prev else None, nxt[0] if nxt else None)
 
     def history_ids(self, n: int) -> list[int]:
@@ -321,7 +385,8 @@ class Gallery:
         with self._lock:
             rows = self._db.execute(
                 f"SELECT id FROM entries WHERE outcome IN ({marks}) ORDER BY id DESC LIMIT ?",
-                (*DISPLAYABLE, max(0, int(n)))).fetchall()  # fmt: skip
+                (*DISPLAYABLE, max(0, int(n))),
+            ).fetchall()
         return [r[0] for r in reversed(rows)]
 
     def _load_tiles(self, entry_id: int, row: tuple[Any, ...]) -> list[Image.Image] | None:

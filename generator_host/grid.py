@@ -65,8 +65,12 @@ def _label(image: Image.Image, text: str) -> Image.Image:
     draw.rectangle((0, top, image.width, top + band_h), fill=(0, 0, 0))
     for n, text_line in enumerate(lines):
         tw = draw.textlength(text_line, font=font)
-        draw.text(((image.width - tw) / 2, top + 4 + n * (size + 4)), text_line,
-                  fill=(255, 255, 255), font=font)  # fmt: skip
+        draw.text(
+            ((image.width - tw) / 2, top + 4 + n * (size + 4)),
+            text_line,
+            fill=(255, 255, 255),
+            font=font,
+        )
     return image
 
 

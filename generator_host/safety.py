@@ -109,8 +109,12 @@ class SafetyJudge:
         # Same arithmetic as diffusers: a float32 cosine minus a Python float stays float32.
         return [
             SafetyScores(
-                concept=[float(concept_cos[i][k] - concept_thr[k]) for k in range(len(concept_thr))],
-                special=[float(special_cos[i][k] - special_thr[k]) for k in range(len(special_thr))],
+                concept=[
+                    float(concept_cos[i][k] - concept_thr[k]) for k in range(len(concept_thr))
+                ],
+                special=[
+                    float(special_cos[i][k] - special_thr[k]) for k in range(len(special_thr))
+                ],
             )
             for i in range(len(images))
         ]
@@ -153,9 +157,6 @@ def load_checker(source: str | Path, device: str = "cpu", dtype: Any = None) -> 
             f"cannot load the safety checker from {source_str!r}: {exc}. Set [safety] checker "
             "to a downloaded checker, or turn the check off with [safety] enabled = false."
         ) from exc
-    if dtype is not None:
-        checker = checker.to(device=device, dtype=dtype)
-    else:
-        checker = checker.to(device)
+    checker = checker.to(device=device, dtype=dtype) if dtype is not None else checker.to(device)
     checker.eval()
     return checker, extractor

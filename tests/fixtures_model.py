@@ -63,6 +63,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     require(model_libraries_available(), "torch, diffusers and transformers are installed")
     _quiet()
+    import torch
+
+    # The tiny model gains nothing from threads, and on a shared 2-core machine extra
+    # threads spin against other processes: one thread keeps the tests fast under load.
+    torch.set_num_threads(1)
     from generator_host.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-sd")
@@ -101,11 +106,25 @@ def tiny_engine(tiny_model_dir: Path) -> Iterator[Any]:
     yield make_tiny_engine(tiny_model_dir)
 
 
-def plant_on_tile(engine: Any, image: Any, *, kind: str = "concept", index: int = 0,
-                  cosine: float = 1.0, threshold: float = 0.95) -> None:  # fmt: skip
+def plant_on_tile(
+    engine: Any,
+    image: Any,
+    *,
+    kind: str = "concept",
+    index: int = 0,
+    cosine: float = 1.0,
+    threshold: float = 0.95,
+) -> None:
     """Make `image` (and only images nearly identical to it) trip one concept of the engine."""
     from generator_host.tiny_model import plant_concept
 
     judge = engine.safety
-    plant_concept(judge.checker, judge.feature_extractor, image, kind=kind, index=index,
-                  cosine=cosine, threshold=threshold)  # fmt: skip
+    plant_concept(
+        judge.checker,
+        judge.feature_extractor,
+        image,
+        kind=kind,
+        index=index,
+        cosine=cosine,
+        threshold=threshold,
+    )

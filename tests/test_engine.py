@@ -53,21 +53,32 @@ def test_family_defaults_and_streamer_overrides(tiny_model_dir: Path) -> None:
     assert (p.steps, p.guidance, p.width, p.height) == (3, 2.5, 64, 64)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    steps=st.integers(-10**6, 10**6),
+    steps=st.integers(-(10**6), 10**6),
     guidance=st.floats(allow_nan=True, allow_infinity=True),
-    width=st.integers(-10**6, 10**6),
-    height=st.integers(-10**6, 10**6),
+    width=st.integers(-(10**6), 10**6),
+    height=st.integers(-(10**6), 10**6),
     count=st.integers(-100, 100),
     seed=st.integers(-(2**70), 2**70),
 )
 def test_clamp_keeps_every_request_inside_the_caps(
-    tiny_engine: Engine, steps, guidance, width, height, count, seed  # noqa: ANN001
+    tiny_engine: Engine,
+    steps,
+    guidance,
+    width,
+    height,
+    count,
+    seed,  # noqa: ANN001
 ) -> None:
     caps = tiny_engine.model_settings
-    p = tiny_engine.clamp(GenerationParams("x", steps=steps, guidance=guidance, width=width,
-                                           height=height, count=count, seed=seed))  # fmt: skip
+    p = tiny_engine.clamp(
+        GenerationParams(
+            "x", steps=steps, guidance=guidance, width=width, height=height, count=count, seed=seed
+        )
+    )
     assert 1 <= p.steps <= caps.max_steps
     assert 0.0 <= p.guidance <= caps.max_guidance
     assert 64 <= p.width <= caps.max_size and p.width % 8 == 0
@@ -83,8 +94,10 @@ def test_a_grid_has_one_seed_per_image_and_same_seed_gives_same_bytes(tiny_engin
     tiles = [_pixels(i) for i in first.images]
     assert all(not np.array_equal(tiles[0], t) for t in tiles[1:]), "tiles must differ"
     again = tiny_engine.generate(params)
-    assert all(np.array_equal(_pixels(a), _pixels(b))
-               for a, b in zip(first.images, again.images, strict=True))  # fmt: skip
+    assert all(
+        np.array_equal(_pixels(a), _pixels(b))
+        for a, b in zip(first.images, again.images, strict=True)
+    )
     other = tiny_engine.generate(GenerationParams("a red fox", seed=99, count=1))
     assert not np.array_equal(_pixels(other.images[0]), tiles[0])
     assert first.sampler == "PLMS" and first.model == "tiny-sd"
@@ -100,7 +113,9 @@ def test_progress_counts_the_schedulers_real_timesteps(tiny_engine: Engine) -> N
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
-def test_cancelling_mid_generation_stops_it_and_the_engine_stays_usable(tiny_engine: Engine) -> None:
+def test_cancelling_mid_generation_stops_it_and_the_engine_stays_usable(
+    tiny_engine: Engine,
+) -> None:
     cancel = threading.Event()
     seen: list[int] = []
 
@@ -122,8 +137,11 @@ def test_cancelling_from_another_thread_while_running(tiny_engine: Engine) -> No
 
     def work() -> None:
         try:
-            tiny_engine.generate(GenerationParams("x", steps=200, width=128, height=128),
-                                 on_step=lambda i, n: started.set(), cancelled=cancel)  # fmt: skip
+            tiny_engine.generate(
+                GenerationParams("x", steps=200, width=128, height=128),
+                on_step=lambda i, n: started.set(),
+                cancelled=cancel,
+            )
             outcome.append(None)
         except BaseException as exc:  # noqa: BLE001
             outcome.append(exc)
@@ -144,8 +162,9 @@ def test_a_request_cancelled_while_queued_never_runs(tiny_engine: Engine) -> Non
     cancel.set()
     seen: list[int] = []
     with pytest.raises(Cancelled):
-        tiny_engine.generate(GenerationParams("x"), on_step=lambda i, n: seen.append(i),
-                             cancelled=cancel)  # fmt: skip
+        tiny_engine.generate(
+            GenerationParams("x"), on_step=lambda i, n: seen.append(i), cancelled=cancel
+        )
     assert seen == []
 
 
@@ -178,7 +197,9 @@ def test_out_of_memory_retries_once_with_a_smaller_batch(tiny_model_dir: Path) -
     assert [i.seed for i in result.images] == [5, 6, 7, 8]
 
 
-def test_out_of_memory_twice_fails_with_a_reason_and_the_engine_recovers(tiny_model_dir: Path) -> None:
+def test_out_of_memory_twice_fails_with_a_reason_and_the_engine_recovers(
+    tiny_model_dir: Path,
+) -> None:
     engine = _small_gpu(tiny_model_dir, fits=1)
     with pytest.raises(OutOfMemory, match="out of memory.*fewer images or a smaller size"):
         engine.generate(GenerationParams("x", count=4))
@@ -255,8 +276,9 @@ def _counting(folder: Path, **overrides: Any) -> _Counting:
 
 
 def _request(i: int, params: GenerationParams) -> GenerationRequest:
-    return GenerationRequest(id=f"r{i}", requester=Requester(f"viewer{i}"), params=params,
-                             created=0.0)  # fmt: skip
+    return GenerationRequest(
+        id=f"r{i}", requester=Requester(f"viewer{i}"), params=params, created=0.0
+    )
 
 
 def test_micro_batching_shares_calls_but_keeps_each_request_apart(tiny_model_dir: Path) -> None:
@@ -296,3 +318,17 @@ def test_micro_batching_falls_back_when_measured_slower(tiny_model_dir: Path) ->
 def test_model_index_of_the_tiny_model_names_a_text_to_image_pipeline(tiny_model_dir: Path) -> None:
     index = json.loads((tiny_model_dir / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_cancelling_one_request_of_a_running_micro_batch_keeps_the_others(
+    tiny_model_dir: Path,
+) -> None:
+    engine = _counting(tiny_model_dir, max_batch=4)
+    stop = threading.Event()
+    params = [GenerationParams(f"p{i}", seed=i) for i in range(3)]
+    out = engine.generate_many(
+        params, on_step=lambda i, n: stop.set(), cancelled=[None, stop, None]
+    )
+    assert len(engine.calls) == 1
+    assert isinstance(out[1], Cancelled)
+    assert [len(r.images) for r in (out[0], out[2])] == [1, 1]

@@ -14,8 +14,9 @@ def _noise(seed: int, size: int = 64) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize(("n", "shape"), [(1, (1, 1)), (2, (1, 2)), (4, (2, 2)), (5, (2, 3)),
-                                          (9, (3, 3)), (10, (3, 4))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n", "shape"), [(1, (1, 1)), (2, (1, 2)), (4, (2, 2)), (5, (2, 3)), (9, (3, 3)), (10, (3, 4))]
+)
 def test_grid_has_ceil_sqrt_columns(n: int, shape: tuple[int, int]) -> None:
     assert grid.grid_shape(n) == shape
     tiles = [_noise(i, 32) for i in range(n)]

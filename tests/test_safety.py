@@ -68,17 +68,19 @@ def test_offset_zero_matches_stock_diffusers_with_planted_concepts(tiny_engine: 
     assert scores[2].concept[5] == pytest.approx(-0.005, abs=1e-4)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_offset_zero_matches_stock_on_random_thresholds(tiny_engine: Engine, data) -> None:  # noqa: ANN001
     """Thresholds drawn around the real cosines, so verdicts sit on both sides of the line."""
     judge = tiny_engine.safety
     checker = judge.checker
-    if not hasattr(tiny_engine, "_images_for_property"):
-        tiny_engine._images_for_property = [i.image for i in _grid(tiny_engine, 3).images]
-    images = tiny_engine._images_for_property
-    embeds = torch.stack([image_embedding(checker, judge.feature_extractor, im) for im in images])
-    embeds = torch.nn.functional.normalize(embeds)
+    if not hasattr(tiny_engine, "_property_cache"):  # once per test, not per example
+        images = [i.image for i in _grid(tiny_engine, 3).images]
+        embeds = [image_embedding(checker, judge.feature_extractor, im) for im in images]
+        tiny_engine._property_cache = images, torch.nn.functional.normalize(torch.stack(embeds))
+    images, embeds = tiny_engine._property_cache
     cos_c = embeds @ torch.nn.functional.normalize(checker.concept_embeds.float()).T
     cos_s = embeds @ torch.nn.functional.normalize(checker.special_care_embeds.float()).T
     jitter = st.floats(-0.02, 0.02, allow_nan=False)
@@ -100,7 +102,7 @@ SEEN: set[bool] = set()
 def test_the_random_thresholds_above_reached_both_verdicts() -> None:
     if not SEEN:
         pytest.skip("runs after the property test")
-    assert SEEN == {True, False}
+    assert {True, False} == SEEN
 
 
 @given(
@@ -154,7 +156,9 @@ def _model_without_checker(src: Path, dest: Path) -> Path:
     return dest
 
 
-def test_a_model_without_checker_gets_the_configured_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_model_without_checker_gets_the_configured_one(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     bare = _model_without_checker(tiny_model_dir, tmp_path / "bare")
     model, safety = tiny_settings(bare)
     safety.checker = str(tiny_model_dir)  # stands in for CompVis/stable-diffusion-safety-checker
@@ -174,3 +178,27 @@ def test_a_checker_that_cannot_be_found_stops_loading_with_a_reason(
     safety.checker = "CompVis/stable-diffusion-safety-checker"  # offline: not downloadable
     with pytest.raises(EngineError, match=r"enabled = false"):
         Engine(model, safety).load()
+
+
+def test_a_concept_planted_in_a_model_folder_trips_stock_diffusers_too(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from diffusers import AutoPipelineForText2Image
+
+    from generator_host.tiny_model import plant_concept_in_folder
+
+    folder = tmp_path / "planted"
+    shutil.copytree(tiny_model_dir, folder)
+    pipe = AutoPipelineForText2Image.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run():  # noqa: ANN202
+        gens = [torch.Generator().manual_seed(s) for s in (8, 9)]
+        return pipe(["a tree"] * 2, num_inference_steps=2, guidance_scale=0.0, generator=gens)
+
+    before = run()
+    assert before.nsfw_content_detected == [False, False]
+    plant_concept_in_folder(folder, before.images[1], kind="concept", index=2)
+    pipe = AutoPipelineForText2Image.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert run().nsfw_content_detected == [False, True]

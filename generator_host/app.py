@@ -212,11 +212,13 @@ class Host:
         self.feed(event)
 
     async def _display(self, entry_id: int | None, reveal: bool) -> None:
+        loop = asyncio.get_running_loop()
+        # For set-ups without the script: stream.png and texts, when configured.
+        loop.run_in_executor(None, self.gallery.publish_legacy, entry_id, reveal)
         if entry_id is None:
             self.on_screen = None
             await self._broadcast(protocol.make_clear())
             return
-        loop = asyncio.get_running_loop()
         entry = await loop.run_in_executor(None, self.gallery.get, entry_id)
         png = await loop.run_in_executor(None, self.gallery.screen_png, entry_id, reveal)
         if entry is None or png is None:
@@ -327,8 +329,8 @@ def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any,
     from generator_host.link import load_or_create_token
 
     home.mkdir(parents=True, exist_ok=True)
-    gallery_dir = Path(settings.gallery.folder) if settings.gallery.folder else home / "gallery"
-    gallery = Gallery(gallery_dir)
+    gallery = Gallery.from_settings(settings.gallery, home / "gallery")
+    gallery_dir = gallery.folder
     token_path = token_dir / "link-token"
     token = settings.link.token or load_or_create_token(token_path)
     print(f"Gallery folder: {gallery_dir}")

@@ -99,17 +99,9 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
 
-def write_private(path: Path, text: str) -> None:
-    """Create `path` readable and writable by the user alone (it may hold a token)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     from generator_host.config_template import TEMPLATE
+    from generator_host.files import write_private
 
     path: Path = args.config or default_config_path()
     if path.exists() and not args.force:

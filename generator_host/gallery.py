@@ -11,13 +11,11 @@ recent entries are kept in memory and the screen image is composed from them.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -28,6 +26,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from generator_host import grid
+from generator_host.files import write_atomic
 from generator_host.generation import Entry, GenerationResult
 from generator_host.settings import APPROVAL_MODES, GallerySettings
 
@@ -89,20 +88,6 @@ def parameters_text(result: GenerationResult, index: int) -> str:
         f"Seed: {img.seed}, Size: {img.image.width}x{img.image.height}, "
         f"Model: {_clean(result.model)}"
     )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class Gallery:

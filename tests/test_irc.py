@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from generator_host.chat.console import ConsoleAdapter
-from generator_host.chat.irc import LoginFailed, TwitchAdapter, write_secret_file
+from generator_host.chat.irc import LoginFailed, TwitchAdapter
 from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved
+from generator_host.files import write_private
 from generator_host.settings import Settings
 from generator_host.show import Display, Reply, Show
 from tests.fixtures_twitch import until
@@ -299,7 +300,7 @@ def test_tls_connection(tmp_path: Path, twitch_settings):
 
 def test_token_file_is_private(tmp_path: Path):
     path = tmp_path / "conf" / "config.toml"
-    write_secret_file(path, 'token = "x"\n')
+    write_private(path, 'token = "x"\n')
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text() == 'token = "x"\n'
 

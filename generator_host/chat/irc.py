@@ -22,13 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from generator_host.chat import ircparse
 from generator_host.chat.message import ChatEvent
@@ -70,18 +68,6 @@ class SendLimiter:
 
     def spend(self, now: float) -> None:
         self._spent.append(now)
-
-
-def write_secret_file(path: Path, text: str) -> None:
-    """Create (or replace) a file readable and writable by the user alone (0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class _Dropped(Exception):

@@ -73,6 +73,7 @@ def _line(i: int, rng: random.Random) -> str:
 def _show() -> Show:
     settings = Settings()
     settings.moderation.max_queue = 50
+    settings.show.min_display_seconds = 0.0  # measure routing, not the display policy
     show = Show(settings, rng_seed=1)
     for n in range(5):  # some history so !prev / !params have something to do
         show.handle(ChatMessage(Viewer(f"seed{n}"), f"!generate picture {n}", f"s{n}", 0.0))

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 
 from generator_host import show as show_mod
 from generator_host.chat.message import ChatEvent
+from generator_host.files import write_atomic
 from generator_host.generation import Entry, GenerationRequest
 from generator_host.settings import Settings
 from obs_script import chat_diffusion_protocol as protocol
@@ -32,12 +32,6 @@ log = logging.getLogger("generator_host.app")
 
 TICK_SECONDS = 0.25
 STATE_FILE = "state.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Host:
@@ -69,6 +63,8 @@ class Host:
         self.status_frame: dict[str, Any] | None = None
         self._cancel_flags: dict[str, threading.Event] = {}
         self._state_dirty = False
+        self._display_lock = asyncio.Lock()
+        self._state_save_failing = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- state that survives a restart -------------------------------------------------
@@ -91,9 +87,15 @@ class Host:
         data = json.dumps(self.show.snapshot()).encode()
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, _atomic_write, self.home / STATE_FILE, data)
+            await loop.run_in_executor(None, write_atomic, self.home / STATE_FILE, data)
         except OSError as exc:
-            log.warning("cannot save the queue state: %s", exc)
+            if not self._state_save_failing:  # once per outage, not once per event
+                log.error("cannot save the queue state (%s); the stream goes on", exc)
+            self._state_save_failing = True
+        else:
+            if self._state_save_failing:
+                log.info("the queue state is saved again")
+            self._state_save_failing = False
 
     # ---- events in ----------------------------------------------------------------------
     def feed(self, event: Any) -> None:
@@ -149,7 +151,9 @@ class Host:
     async def _execute(self, effect: Any) -> None:
         try:
             if isinstance(effect, show_mod.StartGeneration):
-                await self._generate(effect.request)
+                await self._generate([effect.request])
+            elif isinstance(effect, show_mod.StartBatch):
+                await self._generate(list(effect.requests))
             elif isinstance(effect, show_mod.CancelGeneration):
                 flag = self._cancel_flags.get(effect.request_id)
                 if flag is not None:
@@ -171,47 +175,89 @@ class Host:
         except Exception:
             log.exception("carrying out %s failed", type(effect).__name__)
 
-    async def _generate(self, request: GenerationRequest) -> None:
-        flag = threading.Event()
-        self._cancel_flags[request.id] = flag
+    async def _generate(self, requests: list[GenerationRequest]) -> None:
+        """One run on the worker: one request, or a micro-batch in one pipeline call.
+
+        Every request has its own cancel flag (a batch-mate's !cancel drops only its
+        images) and ends as its own GenerationFinished or GenerationFailed, in order.
+        """
+        flags = {r.id: threading.Event() for r in requests}
+        self._cancel_flags.update(flags)
         loop = asyncio.get_running_loop()
 
-        def on_step(step: int, total: int) -> None:
-            self.feed_threadsafe(
-                show_mod.GenerationProgress(
-                    request_id=request.id, step=step, total=total, now=time.monotonic()
-                )
-            )
+        def tell(event: Any) -> None:
+            loop.call_soon_threadsafe(self.feed, event)
 
-        def work() -> Entry:
-            result = self.engine.generate(request.params, request, on_step=on_step, cancelled=flag)
-            return self.gallery.add(result, self.settings.safety.approval_mode)
+        def on_step(step: int, total: int) -> None:
+            live = next((r.id for r in requests if not flags[r.id].is_set()), requests[0].id)
+            tell(show_mod.GenerationProgress(live, step, total, now=time.monotonic()))
+
+        def work() -> list[Any]:
+            tell(show_mod.GenerationStarted(requests[0].id, now=time.monotonic()))
+            if len(requests) == 1:  # engine.generate: what max_batch = 1 always did
+                request = requests[0]
+                flag = flags[request.id]
+                try:
+                    results: list[Any] = [
+                        self.engine.generate(
+                            request.params, request, on_step=on_step, cancelled=flag
+                        )
+                    ]
+                except Exception as exc:  # noqa: BLE001 - becomes GenerationFailed below
+                    results = [exc]
+            else:
+                results = self.engine.generate_many(
+                    [r.params for r in requests],
+                    requests,
+                    on_step=on_step,
+                    cancelled=[flags[r.id] for r in requests],
+                )
+            return [self._store(result) for result in results]
 
         try:
-            entry = await loop.run_in_executor(self.worker, work)
-        except Exception as exc:  # engine errors carry a reason fit for chat
-            reason = str(exc) or type(exc).__name__
-            if type(exc).__name__ not in ("EngineError", "Cancelled", "GenerationCancelled"):
-                log.exception("generation %s failed", request.id)
-            event: Any = show_mod.GenerationFailed(
-                request_id=request.id, reason=reason, now=time.monotonic()
-            )
-        else:
-            log.info(
-                "image %d for @%s ready (%s): %s",
-                entry.id,
-                entry.requester,
-                entry.outcome,
-                entry.prompt[:80],
-            )
-            event = show_mod.GenerationFinished(
-                request_id=request.id, entry=entry, now=time.monotonic()
-            )
+            outcomes = await loop.run_in_executor(self.worker, work)
+        except Exception as exc:  # noqa: BLE001 - the whole run failed (engine not loaded ...)
+            outcomes = [exc] * len(requests)
         finally:
-            self._cancel_flags.pop(request.id, None)
-        self.feed(event)
+            for request in requests:
+                self._cancel_flags.pop(request.id, None)
+        for request, outcome in zip(requests, outcomes, strict=True):
+            self.feed(self._outcome_event(request, outcome))
+
+    def _store(self, result: Any) -> Any:
+        """On the worker: a finished result into the gallery (an error passes through)."""
+        if isinstance(result, BaseException):
+            return result
+        try:
+            return self.gallery.add(result, self.settings.safety.approval_mode)
+        except Exception as exc:  # noqa: BLE001 - one unsaved result must not sink its batch
+            return exc
+
+    def _outcome_event(self, request: GenerationRequest, outcome: Any) -> Any:
+        """GenerationFinished for a stored entry, else GenerationFailed with a chat-fit reason."""
+        if isinstance(outcome, BaseException):
+            if type(outcome).__name__ not in ("EngineError", "Cancelled", "OutOfMemory"):
+                log.error("generation %s failed", request.id, exc_info=outcome)
+            reason = str(outcome) or type(outcome).__name__
+            return show_mod.GenerationFailed(request.id, reason=reason, now=time.monotonic())
+        entry: Entry = outcome
+        log.info(
+            "image %d for @%s ready (%s): %s",
+            entry.id,
+            entry.requester,
+            entry.outcome,
+            entry.prompt[:80],
+        )
+        return show_mod.GenerationFinished(request.id, entry=entry, now=time.monotonic())
 
     async def _display(self, entry_id: int | None, reveal: bool) -> None:
+        # Each Display runs as its own task and awaits the disk; the lock (FIFO) keeps the
+        # frames reaching OBS in the order the show decided, so the screen never ends up
+        # on an older picture.
+        async with self._display_lock:
+            await self._display_now(entry_id, reveal)
+
+    async def _display_now(self, entry_id: int | None, reveal: bool) -> None:
         loop = asyncio.get_running_loop()
         # For set-ups without the script: stream.png and texts, when configured.
         loop.run_in_executor(None, self.gallery.publish_legacy, entry_id, reveal)
@@ -289,14 +335,16 @@ class Host:
             await self.chat.close()
         data = json.dumps(self.show.snapshot()).encode()
         with contextlib.suppress(OSError):
-            _atomic_write(self.home / STATE_FILE, data)
+            write_atomic(self.home / STATE_FILE, data)
         await self.link.stop()
         self.worker.shutdown(wait=True, cancel_futures=True)
         return self.exit_code
 
     async def _drain(self) -> None:
         """End of input (a piped demo): finish what is queued, then stop."""
-        while not self.stopped.is_set() and (self.show.running or self.show.queued):
+        while not self.stopped.is_set() and (
+            self.show.running or self.show.queued or self.show.on_deck
+        ):
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # let the last image reach OBS
 

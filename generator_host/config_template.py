@@ -88,6 +88,9 @@ history_size = 200
 refusal_replies = 6
 # !queue's wait estimate before any image was timed.
 first_estimate_seconds = 10.0
+# Seconds a new image stays on screen at least before the next one replaces it (fast GPUs
+# finish faster than viewers can look); finished images wait their turn. 0 is off.
+min_display_seconds = 4.0
 
 [moderation]
 # Empty: the default blocklist shipped with the host. One word, phrase or /pattern/ a line.

@@ -98,6 +98,7 @@ class ShowSettings:
     history_size: int = 200  # images !prev/!next and the slideshow can go back to
     refusal_replies: int = 6  # refusal replies per send_window; the rest are coalesced
     first_estimate_seconds: float = 10.0  # !queue's guess before any image was timed
+    min_display_seconds: float = 4.0  # a new image stays at least this long; 0: off
 
 
 @dataclass
@@ -188,6 +189,7 @@ def _validate(settings: Settings) -> list[str]:
         ("show", "history_size", lambda v: 1 <= v <= 10000, "between 1 and 10000"),
         ("show", "refusal_replies", lambda v: 0 <= v <= 100, "between 0 and 100"),
         ("show", "first_estimate_seconds", lambda v: 0 < v <= 3600, "0 to 3600"),
+        ("show", "min_display_seconds", lambda v: 0 <= v <= 600, "0 to 600"),
         (
             "show",
             "command_prefix",
@@ -245,7 +247,7 @@ def load_settings(path: Path | None) -> tuple[Settings, list[str]]:
     if path is not None and path.exists():
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, RecursionError) as exc:
             problems.append(f"{path}: cannot read config ({exc}); using defaults")
             raw = {}
     settings, more = settings_from_dict(raw)

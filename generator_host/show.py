@@ -6,11 +6,17 @@ returns a list of effects that app.py carries out. Every chat command's behaviou
 commands.py, whether a request may be queued from moderation.py.
 
 Rules kept here:
-- One generation at a time; the next StartGeneration only after the previous one
-  finished, failed or was cancelled (a cancelled request is forgotten at once and a late
-  result for it is ignored).
+- One run at a time: the next StartGeneration (one request) or StartBatch (up to
+  [model] max_batch requests with the same steps, guidance and size) only after every
+  request of the previous run finished, failed or was cancelled (a cancelled request is
+  forgotten at once and a late result for it is ignored).
 - A fair queue: round-robin across viewers, so one viewer's many requests do not block
-  everyone else.
+  everyone else. A batch is the next request in that order plus the compatible ones
+  behind it; a viewer's later request never runs before their earlier one.
+- Minimum time on screen ([show] min_display_seconds): a finished image waits on deck
+  until the one on screen has been up that long (Tick events move it up); the next run
+  starts only when the deck is empty, so generation stays at most one batch ahead of
+  the screen. !clear/!prev/!next/!approve act at once.
 - While others wait, a grid request is cut to 1 image to keep the line moving.
 - Replies stay under the chat send limit: refusals beyond `refusal_replies` per window are
   coalesced into one line per reason; other replies beyond the budget are dropped (the
@@ -22,6 +28,7 @@ Rules kept here:
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -108,6 +115,16 @@ class StartGeneration:
 
 
 @dataclass(frozen=True)
+class StartBatch:
+    """Several waiting requests with the same steps, guidance and size: one pipeline call.
+
+    Each request still ends with its own GenerationFinished or GenerationFailed.
+    """
+
+    requests: tuple[GenerationRequest, ...]
+
+
+@dataclass(frozen=True)
 class CancelGeneration:
     request_id: str
 
@@ -141,7 +158,9 @@ class Shutdown:
     pass
 
 
-Effect = StartGeneration | CancelGeneration | Display | Approve | Reply | Status | Shutdown
+Effect = (
+    StartGeneration | StartBatch | CancelGeneration | Display | Approve | Reply | Status | Shutdown
+)
 
 APPROVABLE = ("held", "blurred")
 STATE_VERSION = 1
@@ -191,8 +210,11 @@ class Show:
         self._queues: dict[str, deque[GenerationRequest]] = {}
         self._turns: deque[str] = deque()  # round-robin order of viewers with queued requests
         self._queued = 0
-        self._running: GenerationRequest | None = None
+        self._running: list[GenerationRequest] = []  # the run (one request or a batch)
         self._running_since = 0.0
+        self._run_timed = False  # the run's time went into the average already
+        self._deck: deque[int] = deque()  # finished entries waiting for their screen time
+        self._shown_at = -math.inf  # when the screen last changed (min_display_seconds)
         self._progress: tuple[int, int] | None = None
         self._history: list[Entry] = []
         self._entry_msg: dict[int, str] = {}  # entry id -> chat message that asked for it
@@ -231,7 +253,7 @@ class Show:
             handler(self, event, out)
         if not self._terminated:
             self._maybe_start(now, out)
-            self._status_effect(out)
+            self._status_effect(now, out)
         return out
 
     def resume(self, now: float = 0.0) -> list[Effect]:
@@ -242,6 +264,7 @@ class Show:
         if entry is not None:
             out.append(Display(entry.id, reveal=entry.outcome == "approved"))
             self._slideshow_next = now + self._slideshow
+            self._shown_at = now
         return out
 
     @property
@@ -250,7 +273,17 @@ class Show:
 
     @property
     def running(self) -> GenerationRequest | None:
-        return self._running
+        """The first request of the run (None when idle); `running_batch` has them all."""
+        return self._running[0] if self._running else None
+
+    @property
+    def running_batch(self) -> list[GenerationRequest]:
+        return list(self._running)
+
+    @property
+    def on_deck(self) -> list[int]:
+        """Entry ids finished but not yet shown, in the order they will be shown."""
+        return list(self._deck)
 
     @property
     def on_screen(self) -> int | None:
@@ -278,6 +311,7 @@ class Show:
         self._aliases, problems = cmds.build_aliases(show.aliases)
         self._roles, more = cmds.build_roles(show.command_roles)
         self.problems += [p for p in problems + more if p not in self.problems]
+        self._min_display = max(0.0, getattr(show, "min_display_seconds", 0.0))
         if show.slideshow_seconds != self._slideshow_setting:
             self._slideshow_setting = show.slideshow_seconds
             self._slideshow = max(0.0, show.slideshow_seconds)
@@ -404,18 +438,18 @@ class Show:
 
     # ---- generation events ---------------------------------------------------------------
     def _on_started(self, event: GenerationStarted, out: list[Effect]) -> None:
-        if self._running and self._running.id == event.request_id:
+        if self._is_running(event.request_id):
             self._running_since = event.now
 
     def _on_progress(self, event: GenerationProgress, out: list[Effect]) -> None:
-        if self._running and self._running.id == event.request_id:
+        if self._is_running(event.request_id):
             self._progress = (event.step, event.total)
 
     def _on_finished(self, event: GenerationFinished, out: list[Effect]) -> None:
-        req = self._running
-        if req is None or req.id != event.request_id:
+        req = self._end_request(event.request_id)
+        if req is None:
             return  # a cancelled request finishing late: not shown
-        self._end_running(event.now)
+        self._time_run(event.now)
         entry = event.entry
         if entry.outcome == "skipped":
             self._announce(
@@ -426,7 +460,10 @@ class Show:
         if req.msg_id:
             self._entry_msg[entry.id] = req.msg_id
         self._trim_history()
-        self._show_index(len(self._history) - 1, event.now, out)
+        if self._deck or self._holding(event.now):
+            self._deck.append(entry.id)  # the picture on screen keeps its minimum time
+        else:
+            self._show_index(len(self._history) - 1, event.now, out)
         if entry.outcome == "held":
             self._announce(
                 out,
@@ -436,15 +473,17 @@ class Show:
             )
 
     def _on_failed(self, event: GenerationFailed, out: list[Effect]) -> None:
-        req = self._running
-        if req is None or req.id != event.request_id:
+        req = self._end_request(event.request_id)
+        if req is None:
             return
-        self._end_running(event.now, timed=False)
         reason = " ".join(str(event.reason).split())[:120] or "unknown error"
         self._announce(out, req.requester.name, f"sorry, your image failed: {reason}", req.msg_id)
 
     def _on_tick(self, event: Tick, out: list[Effect]) -> None:
-        """The slideshow advances on ticks; held images are skipped."""
+        """Waiting images go up first; else the slideshow advances (held images skipped)."""
+        if self._deck:
+            self._show_from_deck(event.now, out)
+            return  # the slideshow waits while new pictures do
         if self._slideshow <= 0 or event.now < self._slideshow_next:
             return
         self._slideshow_next = event.now + self._slideshow
@@ -529,10 +568,10 @@ class Show:
         self._enqueue(request)
         self.moderator.note_request(viewer.login, ctx.now)
         self._last = ask
-        if self._running is None and self._queued == 1:
+        if not self._running and not self._deck and self._queued == 1:
             return  # starts right away; the Status line says so
         position = self._position(request)
-        self._say(ctx, f"queued #{position}, about {self._wait(position, ctx.now):.0f} s")
+        self._say(ctx, f"queued #{position}, about {self._eta(position, ctx.now):.0f} s")
 
     def _cmd_clear(self, ctx: _Ctx) -> None:
         """!clear: wipe the screen and stop the slideshow."""
@@ -540,6 +579,7 @@ class Show:
             self._browse = self._cursor
         self._cursor = None
         self._slideshow = 0.0
+        self._shown_at = ctx.now  # the empty screen counts as shown: the deck waits too
         ctx.out.append(Display(None))
 
     def _cmd_approve(self, ctx: _Ctx) -> None:
@@ -563,10 +603,10 @@ class Show:
             self._browse = self._cursor
         self._cursor = None
         ctx.out.append(Display(None))
-        if self._running is not None:
-            ctx.out.append(CancelGeneration(self._running.id))
-            self._enqueue(self._running, front=True)
-            self._running = None
+        for request in reversed(self._running):
+            ctx.out.append(CancelGeneration(request.id))
+            self._enqueue(request, front=True)
+        self._running = []
         if not ctx.streamer:
             self._send(
                 ctx.out,
@@ -614,16 +654,20 @@ class Show:
     def _cmd_queue(self, ctx: _Ctx) -> None:
         """!queue: your position and the estimated wait."""
         login = ctx.viewer.login
-        if self._running is not None and self._running.requester.login == login:
+        if any(r.requester.login == login for r in self._running):
             self._say(ctx, f"yours is generating now; {self._queued} waiting")
             return
         order = self.queue_order()
         for position, req in enumerate(order, 1):
             if req.requester.login == login:
-                wait = self._wait(position, ctx.now)
+                wait = self._eta(position, ctx.now)
                 self._say(ctx, f"you are #{position} of {len(order)}, about {wait:.0f} s")
                 return
-        wait = self._wait(len(order) + 1, ctx.now)
+        deck = self._deck_wait(login, ctx.now)
+        if deck is not None:
+            self._say(ctx, f"yours is ready and goes on screen in about {deck:.0f} s")
+            return
+        wait = self._eta(len(order) + 1, ctx.now)
         self._say(ctx, f"{len(order)} waiting; a new request would take about {wait:.0f} s")
 
     def _cmd_cancel(self, ctx: _Ctx) -> None:
@@ -633,7 +677,7 @@ class Show:
             self._refuse(ctx, "you can only cancel your own request")
             return
         if ctx.streamer and not ctx.args:
-            target = self._running.requester.login if self._running else ""
+            target = self._running[0].requester.login if self._running else ""
         queue = self._queues.get(target)
         if queue and target == ctx.viewer.login:
             dropped = queue[-1]
@@ -727,9 +771,7 @@ class Show:
 
     def _requests_of(self, login: str) -> list[GenerationRequest]:
         mine = list(self._queues.get(login, ()))
-        if self._running is not None and self._running.requester.login == login:
-            mine.append(self._running)
-        return mine
+        return mine + [r for r in self._running if r.requester.login == login]
 
     def _drop(
         self, match: Callable[[GenerationRequest], bool], out: list[Effect], running: bool = True
@@ -746,39 +788,80 @@ class Show:
             else:
                 del self._queues[login]
                 self._turns.remove(login)
-        if running and self._running is not None and match(self._running):
-            out.append(CancelGeneration(self._running.id))
-            self._running = None
-            self._progress = None
-            dropped += 1
+        if running:
+            for request in [r for r in self._running if match(r)]:
+                out.append(CancelGeneration(request.id))  # batch-mates keep running
+                self._end_request(request.id)
+                dropped += 1
         return dropped
 
     def _maybe_start(self, now: float, out: list[Effect]) -> None:
-        """Start the next request (round-robin) when nothing is running."""
-        if self._running is not None or not self._queued:
+        """Start the next run when nothing runs and no finished picture waits on deck."""
+        if self._running or not self._queued or self._deck:
             return
-        login = self._turns.popleft()
+        batch = [self._take(r) for r in self._next_batch()]
+        if self.settings.show.cut_to_one_when_waiting and self._queued:
+            batch = [_one_image(r) for r in batch]
+        self._running = batch
+        self._running_since = now
+        self._run_timed = False
+        self._progress = None
+        out.append(StartGeneration(batch[0]) if len(batch) == 1 else StartBatch(tuple(batch)))
+
+    def _next_batch(self) -> list[GenerationRequest]:
+        """The next request in fair order plus compatible ones behind it, up to max_batch.
+
+        A viewer whose earlier request is skipped (other settings) is skipped entirely, so
+        nobody's own requests run out of order.
+        """
+        order = self.queue_order()
+        batch = [order[0]]
+        key = _batch_key(batch[0])
+        blocked: set[str] = set()
+        for request in order[1:]:
+            if len(batch) >= max(1, self.settings.model.max_batch):
+                break
+            login = request.requester.login
+            if login in blocked:
+                continue
+            if _batch_key(request) == key:
+                batch.append(request)
+            else:
+                blocked.add(login)
+        return batch
+
+    def _take(self, request: GenerationRequest) -> GenerationRequest:
+        """Remove the head of its viewer's queue (a batch only takes heads, see
+        _next_batch); that viewer's turn moves to the back."""
+        login = request.requester.login
         queue = self._queues[login]
-        request = queue.popleft()
+        queue.popleft()
         self._queued -= 1
+        self._turns.remove(login)
         if queue:
             self._turns.append(login)
         else:
             del self._queues[login]
-        if self.settings.show.cut_to_one_when_waiting and self._queued and request.params.count > 1:
-            request = dataclasses.replace(
-                request, params=dataclasses.replace(request.params, count=1)
-            )
-        self._running = request
-        self._running_since = now
-        self._progress = None
-        out.append(StartGeneration(request))
+        return request
 
-    def _end_running(self, now: float, timed: bool = True) -> None:
-        if timed and now > self._running_since:
+    def _is_running(self, request_id: str) -> bool:
+        return any(r.id == request_id for r in self._running)
+
+    def _end_request(self, request_id: str) -> GenerationRequest | None:
+        """Take one request out of the run (finished, failed or cancelled)."""
+        for i, request in enumerate(self._running):
+            if request.id == request_id:
+                del self._running[i]
+                if not self._running:
+                    self._progress = None
+                return request
+        return None
+
+    def _time_run(self, now: float) -> None:
+        """The first result of a run times it (a batch's results arrive together)."""
+        if not self._run_timed and now > self._running_since:
             self._avg_seconds = 0.7 * self._avg_seconds + 0.3 * (now - self._running_since)
-        self._running = None
-        self._progress = None
+        self._run_timed = True
 
     def _position(self, request: GenerationRequest) -> int:
         for position, req in enumerate(self.queue_order(), 1):
@@ -786,12 +869,46 @@ class Show:
                 return position
         return 0
 
-    def _wait(self, position: int, now: float) -> float:
-        """Seconds until a request at this queue position starts (moving average per image)."""
-        wait = (position - 1) * self._avg_seconds
-        if self._running is not None:
-            wait += max(self._avg_seconds - (now - self._running_since), 0.0)
-        return wait
+    def _eta(self, position: int, now: float) -> float:
+        """Seconds until the request at this queue position is on screen.
+
+        Runs of up to max_batch take the moving average each; every picture then holds
+        the screen min_display_seconds, and a run starts only once the deck is empty.
+        """
+        hold = self._min_display
+        free = max(now, self._shown_at + hold) if hold else now  # screen takes the next one
+
+        def show(ready: float, pictures: int) -> float:
+            nonlocal free
+            last = ready
+            for _ in range(pictures):
+                last = max(free, ready)
+                free = last + hold
+            return last
+
+        last = show(now, len(self._deck))
+        done = now
+        if self._running:
+            done = now + max(self._avg_seconds - (now - self._running_since), 0.0)
+            last = show(done, len(self._running))
+        per_run = max(1, self.settings.model.max_batch)
+        left = position
+        while True:
+            done = max(done, last) + self._avg_seconds
+            last = show(done, min(per_run, left))
+            left -= per_run
+            if left <= 0:
+                return last - now
+
+    def _deck_wait(self, login: str, now: float) -> float | None:
+        """Seconds until this viewer's finished picture on deck is shown, if they have one."""
+        for place, entry_id in enumerate(self._deck):
+            entry = self._entry(entry_id)
+            if entry is not None and entry.requester == login:
+                return max(self._shown_at + self._min_display - now, 0.0) + (
+                    place * self._min_display
+                )
+        return None
 
     # ---- screen helpers ------------------------------------------------------------------
     def _on_screen(self) -> Entry | None:
@@ -803,8 +920,34 @@ class Show:
         self._cursor = self._browse = index
         entry = self._history[index]
         out.append(Display(entry.id, reveal=entry.outcome == "approved"))
+        self._shown_at = now
+        if entry.id in self._deck:
+            self._deck.remove(entry.id)  # shown by hand (!next, !approve): no second time
         if restart:
             self._slideshow_next = now + self._slideshow
+
+    def _show_from_deck(self, now: float, out: list[Effect]) -> None:
+        """Put the oldest waiting picture up once the one on screen had its minimum time."""
+        if self._holding(now):
+            return
+        while self._deck:
+            index = self._index_of(self._deck[0])
+            if index is None:
+                self._deck.popleft()  # gone from the history meanwhile
+                continue
+            self._show_index(index, now, out)
+            return
+
+    def _holding(self, now: float) -> bool:
+        """The picture on screen (or a cleared screen) has not had its minimum time yet."""
+        return self._min_display > 0 and now < self._shown_at + self._min_display
+
+    def _index_of(self, entry_id: int) -> int | None:
+        return next((i for i, e in enumerate(self._history) if e.id == entry_id), None)
+
+    def _entry(self, entry_id: int) -> Entry | None:
+        index = self._index_of(entry_id)
+        return None if index is None else self._history[index]
 
     def _described(self, ctx: _Ctx) -> Entry | None:
         entry = self._on_screen()
@@ -818,6 +961,8 @@ class Show:
             return
         for entry in self._history[:extra]:
             self._entry_msg.pop(entry.id, None)
+            if entry.id in self._deck:
+                self._deck.remove(entry.id)
         del self._history[:extra]
         if self._cursor is not None:
             self._cursor = max(0, self._cursor - extra)
@@ -825,45 +970,51 @@ class Show:
 
     def _forget_entry(self, entry_id: int, out: list[Effect]) -> None:
         """Remove a history entry (its message was deleted); clear the screen if it is up."""
-        index = next((i for i, e in enumerate(self._history) if e.id == entry_id), None)
+        index = self._index_of(entry_id)
         self._entry_msg.pop(entry_id, None)
+        if entry_id in self._deck:
+            self._deck.remove(entry_id)
         if index is None:
             return
         del self._history[index]
         if self._cursor == index:
             self._cursor = None
             self._browse = index - 1
+            self._shown_at = -math.inf  # nothing to hold: a waiting picture may go up
             out.append(Display(None))
         elif self._cursor is not None and self._cursor > index:
             self._cursor -= 1
         if self._browse >= index and self._cursor is None:
             self._browse = max(-1, self._browse - 1)
 
-    def _status_effect(self, out: list[Effect]) -> None:
-        """One Status line (only when it changed): what is generating and how many wait."""
-        if self._running is not None:
+    def _status_effect(self, now: float, out: list[Effect]) -> None:
+        """One Status line (only when it changed): what generates, waits and shows next."""
+        parts: list[str] = []
+        if self._running:
             step = f" {self._progress[0]}/{self._progress[1]}" if self._progress else ""
-            text = f"generating{step} for @{self._running.requester.name}, {self._queued} queued"
-        elif self._queued:
-            text = f"{self._queued} queued"
-        else:
-            text = f"ready for {self._prefix}generate"
+            parts.append(f"generating{step} for {_names(self._running)}")
+        if self._running or self._queued:
+            parts.append(f"{self._queued} queued")
+        if self._deck:
+            wait = max(1, math.ceil(self._shown_at + self._min_display - now))
+            ready = f"{len(self._deck)} ready" if len(self._deck) > 1 else "1 ready"
+            parts.append(f"{ready}, next picture in {wait} s")
+        text = ", ".join(parts) or f"ready for {self._prefix}generate"
         if text != self._status:
             self._status = text
             out.append(Status(text))
 
     # ---- snapshot / restore --------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """JSON-able state: queue (running first), history, cursor, screen, modes."""
-        queue = self.queue_order()
-        if self._running is not None:
-            queue.insert(0, self._running)
+        """JSON-able state: queue (the running run first), history, deck, cursor, screen."""
+        queue = self._running + self.queue_order()
         state = self._rng.getstate()
         return {
             "version": STATE_VERSION,
             "queue": [_request_to_dict(r) for r in queue],
             "history": [dataclasses.asdict(e) for e in self._history],
             "entry_msg": {str(k): v for k, v in self._entry_msg.items()},
+            "deck": list(self._deck),
             "cursor": self._cursor,
             "browse": self._browse,
             "slideshow": self._slideshow,
@@ -888,6 +1039,8 @@ class Show:
                 for e in state.get("history", [])
             ]
             self._entry_msg = {int(k): str(v) for k, v in state.get("entry_msg", {}).items()}
+            known = {e.id for e in self._history}
+            self._deck = deque(int(i) for i in state.get("deck", []) if int(i) in known)
             cursor = state.get("cursor")
             self._cursor = (
                 cursor if isinstance(cursor, int) and 0 <= cursor < len(self._history) else None
@@ -918,6 +1071,26 @@ def _coalesce_key(reason: str) -> str:
     if reason.startswith("you already have"):
         return "you already have a request waiting"
     return reason
+
+
+def _batch_key(request: GenerationRequest) -> tuple[int, float, int, int]:
+    """What Engine.generate_many needs equal to share one pipeline call (count and
+    prompts may differ; the engine clamps equal values to equal values)."""
+    p = request.params
+    return (p.steps, p.guidance, p.width, p.height)
+
+
+def _one_image(request: GenerationRequest) -> GenerationRequest:
+    """A grid request cut to one image (others are waiting)."""
+    if request.params.count <= 1:
+        return request
+    return dataclasses.replace(request, params=dataclasses.replace(request.params, count=1))
+
+
+def _names(requests: list[GenerationRequest]) -> str:
+    """'@A', '@A, @B' or '@A, @B, @C +2' for the Status line."""
+    names = ", ".join(f"@{r.requester.name}" for r in requests[:3])
+    return names + (f" +{len(requests) - 3}" if len(requests) > 3 else "")
 
 
 def _request_to_dict(request: GenerationRequest) -> dict[str, Any]:

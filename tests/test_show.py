@@ -13,7 +13,7 @@ from generator_host import commands as cmds
 from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved, Viewer
 from generator_host.generation import Entry
 from generator_host.moderation import Blocklist, Moderator
-from generator_host.settings import Settings
+from generator_host.settings import Settings, settings_from_dict
 from generator_host.show import (
     Approve,
     CancelGeneration,
@@ -26,6 +26,7 @@ from generator_host.show import (
     SettingsChanged,
     Show,
     Shutdown,
+    StartBatch,
     StartGeneration,
     Status,
     StreamerAction,
@@ -36,10 +37,13 @@ ROLES = list(Role)
 _msg = iter(range(1, 10**9))
 
 
-def make(grid: int = 1, **moderation) -> Show:
+def make(grid: int = 1, max_batch: int = 1, min_display: float = 0.0, **moderation) -> Show:
+    """A show; by default one request per run and no minimum screen time (as before)."""
     s = Settings()
     s.twitch.channel = "boss"
     s.show.grid = grid
+    s.model.max_batch = max_batch
+    s.show.min_display_seconds = min_display
     s.moderation.user_cooldown_seconds = 0.0
     for key, value in moderation.items():
         setattr(s.moderation, key, value)
@@ -63,8 +67,14 @@ def replies(effects) -> list[str]:
 def finish(show: Show, now: float = 10.0, outcome: str = "shown", entry_id: int | None = None):
     req = show.running
     assert req is not None
-    entry = Entry(
-        id=entry_id if entry_id is not None else len(show.history) + 100,
+    entry_id = entry_id if entry_id is not None else len(show.history) + 100
+    return show.handle(GenerationFinished(req.id, entry_for(req, entry_id, now, outcome), now))
+
+
+def entry_for(req, entry_id: int, now: float, outcome: str = "shown") -> Entry:
+    """What the gallery would store for this request."""
+    return Entry(
+        id=entry_id,
         request_id=req.id,
         requester=req.requester.login,
         prompt=req.params.prompt,
@@ -79,7 +89,6 @@ def finish(show: Show, now: float = 10.0, outcome: str = "shown", entry_id: int 
         outcome=outcome,
         created=now,
     )
-    return show.handle(GenerationFinished(req.id, entry, now))
 
 
 def with_images(n: int, outcomes: list[str] | None = None) -> Show:
@@ -143,7 +152,7 @@ def test_generate_starts_at_once_when_idle_and_runs_one_at_a_time():
     assert Status("generating for @Alice, 0 queued") in first
     second = chat(show, "bob", "!generate a cat", now=1)
     assert not of(second, StartGeneration)
-    assert replies(second) == ["queued #1, about 9 s"]
+    assert replies(second) == ["queued #1, about 19 s"]  # 9 s left of alice's, then 10 s
     done = finish(show, now=12)
     assert of(done, Display) == [Display(100)]
     assert of(done, StartGeneration)[0].request.requester.login == "bob"
@@ -357,9 +366,10 @@ def test_queue_answers_position_and_estimated_wait_from_the_moving_average():
     chat(show, "b", "!generate three", now=20)
     chat(show, "c", "!generate four", now=20)
     assert replies(chat(show, "a", "!queue", now=25)) == ["yours is generating now; 2 waiting"]
-    assert replies(chat(show, "c", "!queue", now=25)) == ["you are #2 of 2, about 21 s"]
+    # until on screen: 8 s left of the running one, then 13 s for each ahead and itself
+    assert replies(chat(show, "c", "!queue", now=25)) == ["you are #2 of 2, about 34 s"]
     assert replies(chat(show, "z", "!queue", now=25)) == [
-        "2 waiting; a new request would take about 34 s"
+        "2 waiting; a new request would take about 47 s"
     ]
 
 
@@ -635,3 +645,342 @@ def test_prev_with_nothing_on_screen_yet_starts_at_the_newest():
     state.update(cursor=None, browse=-1)
     show = Show(Settings(), state)
     assert of(chat(show, "m", "!prev", Role.MODERATOR), Display) == [Display(2)]
+
+
+# ---- micro-batching: several compatible waiting requests in one run ---------------------------
+def finish_run(show: Show, now: float, first_id: int, outcome: str = "shown") -> list:
+    """Every request of the running run finishes at `now`, in order (as the app feeds them)."""
+    out = []
+    for k, req in enumerate(show.running_batch):
+        out += show.handle(
+            GenerationFinished(req.id, entry_for(req, first_id + k, now, outcome), now)
+        )
+    return out
+
+
+def prompts(requests) -> list[str]:
+    return [r.params.prompt for r in requests]
+
+
+def test_compatible_waiting_requests_start_together_in_fair_order():
+    show = make(max_batch=3, max_queued_per_user=3)
+    assert of(chat(show, "a", "!generate a1"), StartGeneration)  # alone: nobody else waited
+    chat(show, "b", "!generate b1")
+    chat(show, "c", "!generate steps=5 c1")  # other settings: cannot share the call
+    chat(show, "c", "!generate c2")
+    chat(show, "d", "!generate d1")
+    chat(show, "b", "!generate b2")
+    assert prompts(show.queue_order()) == ["b1", "c1", "d1", "b2", "c2"]
+    (batch,) = of(finish_run(show, 5, 1), StartBatch)
+    # c2 would fit, but c1 (c's earlier one) must run first: c is skipped, not overtaken
+    assert prompts(batch.requests) == ["b1", "d1", "b2"]
+    assert show.running_batch == list(batch.requests)
+    assert prompts(show.queue_order()) == ["c1", "c2"]
+    (alone,) = of(finish_run(show, 8, 10), StartGeneration)
+    assert alone.request.params.prompt == "c1"
+    assert of(finish_run(show, 9, 20), StartGeneration)[0].request.params.prompt == "c2"
+
+
+def test_max_batch_one_starts_one_request_at_a_time():
+    show = make(max_batch=1)
+    for v in "abcd":
+        chat(show, v, f"!generate {v}")
+    seen = []
+    while show.running:
+        assert len(show.running_batch) == 1
+        seen.append(show.running.params.prompt)
+        assert not of(finish(show), StartBatch)
+    assert seen == ["a", "b", "c", "d"]
+
+
+def test_a_batch_shows_each_result_in_order_and_the_next_run_waits_for_all():
+    show = make(max_batch=3)
+    for v in "abcde":
+        chat(show, v, f"!generate {v}")
+    finish_run(show, 2, 1)
+    assert prompts(show.running_batch) == ["b", "c", "d"]
+    ids = [r.id for r in show.running_batch]
+    show.handle(GenerationStarted(ids[0], 3))
+    assert show.handle(GenerationProgress(ids[0], 1, 2, 3.5)) == [
+        Status("generating 1/2 for @B, @C, @D, 1 queued")
+    ]
+    out = show.handle(GenerationFinished(ids[0], entry_for(show.running_batch[0], 11, 4), 4))
+    assert of(out, Display) == [Display(11)] and not of(out, (StartGeneration, StartBatch))
+    c_msg = show.running_batch[0].msg_id
+    out = show.handle(GenerationFailed(ids[1], "out of memory", 4))
+    assert Reply("sorry, your image failed: out of memory", c_msg) in out  # to c alone
+    out = show.handle(GenerationFinished(ids[2], entry_for(show.running_batch[0], 13, 4), 4))
+    assert of(out, Display) == [Display(13)]
+    assert of(out, StartGeneration)[0].request.params.prompt == "e"  # only now
+
+
+def test_grid_requests_in_a_batch_are_cut_to_one_while_others_wait():
+    show = make(grid=4, max_batch=2)
+    for v in "abcd":
+        chat(show, v, f"!generate {v}")
+    finish_run(show, 1, 1)
+    assert [r.params.count for r in show.running_batch] == [1, 1]  # d still waits
+    finish_run(show, 2, 5)
+    assert [r.params.count for r in show.running_batch] == [4]
+
+
+def test_cancel_one_request_inside_a_running_batch_keeps_the_others():
+    show = make(max_batch=3)
+    for v in "abcd":
+        chat(show, v, f"!generate {v}")
+    finish_run(show, 1, 1)
+    b, c, d = show.running_batch
+    out = chat(show, "c", "!cancel", now=2)
+    assert of(out, CancelGeneration) == [CancelGeneration(c.id)] and replies(out) == ["cancelled"]
+    assert show.running_batch == [b, d] and not of(out, (StartGeneration, StartBatch))
+    late = show.handle(GenerationFinished(c.id, entry_for(c, 99, 3), 3))
+    assert not of(late, Display)  # the cancelled one's images never show
+    shown = []
+    for req, eid in ((b, 2), (d, 4)):
+        shown += of(show.handle(GenerationFinished(req.id, entry_for(req, eid, 3), 3)), Display)
+    assert shown == [Display(2), Display(4)]
+    assert 99 not in [e.id for e in show.history]
+
+
+def test_deleted_message_or_ban_inside_a_running_batch():
+    show = make(max_batch=4, max_queued_per_user=2)
+    chat(show, "a", "!generate a")
+    for login, text in (("bad", "x1"), ("good", "g"), ("bad", "x2")):
+        chat(show, login, f"!generate {text}")
+    finish_run(show, 1, 1)
+    assert prompts(show.running_batch) == ["x1", "g", "x2"]
+    good = show.running_batch[1]
+    out = show.handle(MessageDeleted(good.msg_id, 2))
+    assert of(out, CancelGeneration) == [CancelGeneration(good.id)]
+    out = show.handle(UserRemoved("bad", 3))
+    assert len(of(out, CancelGeneration)) == 2
+    assert show.running is None  # the whole run is gone: nothing to wait for
+
+
+def test_a_running_batch_goes_back_to_the_queue_on_restart_and_on_terminate():
+    show = make(max_batch=3)
+    for v in "abcde":
+        chat(show, v, f"!generate {v}")
+    finish_run(show, 1, 1)
+    assert prompts(show.running_batch) == ["b", "c", "d"]
+    state = json.loads(json.dumps(show.snapshot()))
+    assert [r["params"]["prompt"] for r in state["queue"]] == ["b", "c", "d", "e"]
+    again = Show(show.settings, state, moderator=Moderator(show.settings.moderation, Blocklist()))
+    (batch,) = of(again.handle(Tick(1)), StartBatch)
+    assert prompts(batch.requests) == ["b", "c", "d"]
+    out = chat(again, "boss", "!terminate", Role.BROADCASTER)
+    assert len(of(out, CancelGeneration)) == 3
+    assert prompts(again.queue_order()) == ["b", "c", "d", "e"]
+
+
+def test_queue_estimate_counts_runs_of_a_batch():
+    show = make(max_batch=4)
+    show.settings.show.first_estimate_seconds = 10.0
+    chat(show, "a", "!generate a", now=0)
+    for v in "bcdef":
+        chat(show, v, f"!generate {v}", now=0)
+    # 10 s for a's run; b-e share the next run (10 s); f needs a third
+    assert replies(chat(show, "e", "!queue", now=0)) == ["you are #4 of 5, about 20 s"]
+    assert replies(chat(show, "f", "!queue", now=0)) == ["you are #5 of 5, about 30 s"]
+
+
+# ---- minimum time on screen -------------------------------------------------------------------
+def test_a_fast_image_waits_on_deck_until_the_one_on_screen_had_its_time():
+    show = make(min_display=4.0)
+    chat(show, "a", "!generate a", now=0)
+    chat(show, "b", "!generate b", now=0)
+    chat(show, "c", "!generate c", now=0)
+    assert of(finish(show, now=1, entry_id=1), Display) == [Display(1)]  # screen was empty
+    out = finish(show, now=1.2, entry_id=2)
+    assert not of(out, Display) and show.on_deck == [2]
+    assert not of(out, StartGeneration)  # at most one batch ahead of the screen
+    assert Status("1 queued, 1 ready, next picture in 4 s") in out
+    assert replies(chat(show, "b", "!queue", now=2)) == [
+        "yours is ready and goes on screen in about 3 s"
+    ]
+    assert not of(show.handle(Tick(4.9)), Display)
+    out = show.handle(Tick(5.0))
+    assert of(out, Display) == [Display(2)] and show.on_deck == []
+    assert of(out, StartGeneration)[0].request.params.prompt == "c"  # generation goes on
+    out = finish(show, now=5.2, entry_id=3)
+    assert not of(out, Display)
+    assert of(show.handle(Tick(9.0)), Display) == [Display(3)]
+
+
+def test_a_slow_image_is_shown_at_once_and_min_display_zero_is_off():
+    show = make(min_display=4.0)
+    chat(show, "a", "!generate a", now=0)
+    chat(show, "b", "!generate b", now=0)
+    finish(show, now=1, entry_id=1)
+    assert of(finish(show, now=6, entry_id=2), Display) == [Display(2)]  # 1 was up 5 s
+    off = make(min_display=0.0)
+    chat(off, "a", "!generate a", now=0)
+    chat(off, "b", "!generate b", now=0)
+    finish(off, now=1, entry_id=1)
+    assert of(finish(off, now=1.1, entry_id=2), Display) == [Display(2)]
+
+
+def test_a_batch_goes_on_screen_one_picture_per_minimum_time():
+    show = make(max_batch=3, min_display=4.0)
+    for v in "abcde":
+        chat(show, v, f"!generate {v}", now=0)
+    finish_run(show, 1, 1)
+    out = finish_run(show, 1.5, 2)
+    assert show.on_deck == [2, 3, 4] and not of(out, (StartGeneration, StartBatch))
+    shown = {t: of(show.handle(Tick(t)), Display) for t in (4.9, 5, 8.9, 9, 13)}
+    assert shown == {4.9: [], 5: [Display(2)], 8.9: [], 9: [Display(3)], 13: [Display(4)]}
+    assert show.running.params.prompt == "e"  # started when the deck emptied
+
+
+def test_moderators_act_at_once_and_a_hand_shown_picture_is_not_shown_twice():
+    show = make(max_batch=2, min_display=4.0)
+    for v in "abc":
+        chat(show, v, f"!generate {v}", now=0)
+    finish_run(show, 1, 1)
+    finish_run(show, 1.5, 2)
+    assert show.on_deck == [2, 3]
+    m = Role.MODERATOR
+    assert of(chat(show, "m", "!next", m, now=2), Display) == [Display(2)]  # at once
+    assert show.on_deck == [3]
+    assert of(chat(show, "m", "!prev", m, now=3), Display) == [Display(1)]
+    assert not of(show.handle(Tick(6.9)), Display)  # the moderator's pick keeps its time
+    assert of(show.handle(Tick(7)), Display) == [Display(3)]
+    assert show.on_deck == [] and show.running is None and show.queued == 0
+    assert of(chat(show, "m", "!clear", m, now=8), Display) == [Display(None)]
+
+
+def test_approve_and_clear_with_pictures_on_deck():
+    show = make(min_display=4.0)
+    chat(show, "a", "!generate a", now=0)
+    chat(show, "b", "!generate b", now=0)
+    finish(show, now=1, entry_id=1)
+    out = finish(show, now=1.5, entry_id=2, outcome="held")
+    assert "held until the streamer approves" in replies(out)[0] and show.on_deck == [2]
+    approve = chat(show, "boss", "!approve", Role.BROADCASTER, now=2)
+    assert approve[:2] == [Approve(2), Display(2, reveal=True)] and show.on_deck == []
+    show2 = make(min_display=4.0)
+    chat(show2, "a", "!generate a", now=0)
+    chat(show2, "b", "!generate b", now=0)
+    finish(show2, now=1, entry_id=1)
+    finish(show2, now=1.5, entry_id=2)
+    chat(show2, "m", "!clear", Role.MODERATOR, now=2)
+    assert not of(show2.handle(Tick(5.5)), Display)  # the cleared screen is held too
+    assert of(show2.handle(Tick(6)), Display) == [Display(2)]
+
+
+def test_deleted_message_of_a_picture_on_deck_means_it_never_shows():
+    show = make(min_display=4.0)
+    chat(show, "a", "!generate a", now=0)
+    chat(show, "b", "!generate b", now=0)
+    msg_b = show.queue_order()[0].msg_id
+    finish(show, now=1, entry_id=1)
+    finish(show, now=1.5, entry_id=2)
+    show.handle(MessageDeleted(msg_b, 2))
+    assert show.on_deck == [] and not of(show.handle(Tick(10)), Display)
+
+
+def test_queue_estimate_and_status_count_the_screen_time():
+    show = make(min_display=4.0)
+    show.settings.show.first_estimate_seconds = 1.0
+    show = Show(show.settings, rng_seed=7)
+    chat(show, "a", "!generate a", now=0)
+    chat(show, "b", "!generate b", now=0)
+    finish(show, now=1, entry_id=1)
+    finish(show, now=1.3, entry_id=2)  # on deck until 5
+    # c: starts when b goes up at 5, done about 6, on screen when b had its 4 s: 9
+    assert replies(chat(show, "c", "!generate c", now=2)) == ["queued #1, about 7 s"]
+    assert show.handle(Tick(3.2))[-1] == Status("1 queued, 1 ready, next picture in 2 s")
+
+
+def test_the_deck_survives_a_restart_and_shows_before_the_queue_moves():
+    show = make(min_display=4.0)
+    for v in "abc":
+        chat(show, v, f"!generate {v}", now=0)
+    finish(show, now=1, entry_id=1)
+    finish(show, now=1.5, entry_id=2)
+    state = json.loads(json.dumps(show.snapshot()))
+    again = Show(show.settings, state, moderator=Moderator(show.settings.moderation, Blocklist()))
+    out = again.handle(Tick(100))
+    assert out[0] == Display(1) and not of(out, StartGeneration) and again.on_deck == [2]
+    out = again.handle(Tick(104))
+    assert of(out, Display) == [Display(2)] and of(out, StartGeneration)
+
+
+def test_min_display_seconds_is_range_checked():
+    settings, problems = settings_from_dict({"show": {"min_display_seconds": 601}})
+    assert settings.show.min_display_seconds == 4.0 and "0 to 600" in problems[0]
+    settings, problems = settings_from_dict({"show": {"min_display_seconds": 0}})
+    assert settings.show.min_display_seconds == 0.0 and not problems
+
+
+# ---- batching and the deck never lose or reorder a viewer's pictures ---------------------------
+_OPS = ["gen", "gen", "gen5", "finish", "finish", "finish", "fail", "tick", "tick", "cancel"]
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from([*_OPS, "delete", "next"]),  # repeats: the common events come often
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.sampled_from([0.0, 0.2, 0.5, 1.0, 2.5]),  # seconds passing before the event
+    ),
+    min_size=8,
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ops, st.integers(1, 3), st.sampled_from([0.0, 2.0]))
+def test_batches_and_the_deck_keep_every_picture_and_each_viewers_order(ops, max_batch, hold):
+    show = make(max_batch=max_batch, min_display=hold, max_queued_per_user=3, max_queue=8)
+    now, next_id = 0.0, 1
+    started: dict[str, list[str]] = {}
+    msg_of: dict[int, str] = {}
+    finished: set[int] = set()
+    displayed: set[int] = set()
+    gone: set[int] = set()  # deleted by a moderator: allowed never to show
+
+    def note(effects) -> None:
+        for e in effects:
+            runs = [e.request] if isinstance(e, StartGeneration) else []
+            runs += list(e.requests) if isinstance(e, StartBatch) else []
+            for r in runs:
+                started.setdefault(r.requester.login, []).append(r.id)
+            if isinstance(e, Display) and e.entry_id is not None:
+                displayed.add(e.entry_id)
+
+    for op, who, dt in ops:
+        now += dt
+        if op.startswith("gen"):
+            steps = " steps=5" if op == "gen5" else ""
+            note(chat(show, who, f"!generate{steps} p", now=now))
+        elif op in ("finish", "fail") and show.running:
+            req = show.running_batch[0]
+            if op == "finish":
+                finished.add(next_id)
+                msg_of[next_id] = req.msg_id
+                note(show.handle(GenerationFinished(req.id, entry_for(req, next_id, now), now)))
+                next_id += 1
+            else:
+                note(show.handle(GenerationFailed(req.id, "boom", now)))
+        elif op == "tick":
+            note(show.handle(Tick(now)))
+        elif op == "cancel":
+            note(chat(show, who, "!cancel", now=now))
+        elif op == "delete" and show.history:
+            entry = show.history[-1]
+            gone.add(entry.id)
+            note(show.handle(MessageDeleted(msg_of[entry.id], now)))
+        elif op == "next":
+            note(chat(show, "mod", "!next", Role.MODERATOR, now=now))
+        batch = show.running_batch
+        assert len(batch) <= max_batch
+        assert len({(r.params.steps, r.params.width) for r in batch}) <= 1
+        assert not {r.id for r in batch} & {r.id for r in show.queue_order()}
+        assert len(show.on_deck) <= max_batch  # at most one batch ahead of the screen
+        assert set(show.on_deck) <= {e.id for e in show.history}
+    for ids in started.values():  # nobody's own requests ran out of order (r<n> counts up)
+        assert ids == sorted(ids, key=lambda rid: int(rid[1:].split("-")[0]))
+    for _ in range(10):  # given time, everything finished reaches the screen
+        now += hold + 0.1
+        note(show.handle(Tick(now)))
+    assert show.on_deck == []
+    assert finished - gone <= displayed
+    json.dumps(show.snapshot())

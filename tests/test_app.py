@@ -1,0 +1,221 @@
+"""The host in-process, as the stream sees it: chat in, pictures out to OBS.
+
+Real parts: the tiny diffusion engine, a Gallery in a temp folder, the link server and
+the host's own ticker. Chat is a small stand-in (chat is not under test here); what OBS
+would receive is recorded where the host hands it to the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generator_host.app import Host
+from generator_host.chat.message import ChatMessage, Viewer
+from generator_host.gallery import Gallery
+from generator_host.settings import Settings
+from tests.fixtures_model import make_tiny_engine, tiny_settings
+
+pytestmark = pytest.mark.model
+
+
+class StandInChat:
+    """Chat that only remembers what the bot said; the test speaks through Host.on_chat."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self._closed = asyncio.Event()
+
+    async def run(self, on_event: Callable[[Any], None]) -> None:
+        await self._closed.wait()
+
+    async def say(self, text: str, reply_to: str = "") -> None:
+        self.said.append(text)
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
+class RecordingHost(Host):
+    """The real Host; every frame it sends to OBS is kept with the time it left."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.frames: list[tuple[float, dict[str, Any]]] = []
+
+    async def _broadcast(self, frame: dict[str, Any]) -> None:
+        self.frames.append((time.monotonic(), frame))
+        await super()._broadcast(frame)
+
+    def shown(self) -> list[tuple[float, str]]:
+        """(time, prompt) of each picture put on screen, in order."""
+        return [(t, f["prompt"]) for t, f in self.frames if f["type"] == "show"]
+
+
+class PipelineCalls:
+    """Counts the engine's pipeline calls (images per call, start and end times)."""
+
+    def __init__(self, engine: Any, gate: threading.Event | None = None) -> None:
+        self.calls: list[tuple[int, float, float]] = []
+        self.entered_batch = threading.Event()
+        original = engine.call_pipeline
+
+        def call(**kwargs: Any) -> Any:
+            started = time.monotonic()
+            if gate is not None and len(kwargs["prompt"]) > 1:
+                self.entered_batch.set()
+                gate.wait(20)
+            out = original(**kwargs)
+            self.calls.append((len(kwargs["prompt"]), started, time.monotonic()))
+            return out
+
+        engine.call_pipeline = call
+
+    @property
+    def sizes(self) -> list[int]:
+        return [n for n, _, _ in self.calls]
+
+
+@pytest.fixture
+def make_host(tmp_path: Path, tiny_model_dir: Path) -> Any:
+    """A factory for RecordingHost on the tiny engine; galleries are closed afterwards."""
+    hosts: list[RecordingHost] = []
+
+    def make(max_batch: int, min_display: float) -> RecordingHost:
+        hosts.append(_host(tmp_path, tiny_model_dir, max_batch, min_display))
+        return hosts[-1]
+
+    yield make
+    for host in hosts:
+        host.gallery.close()
+
+
+def _host(tmp_path: Path, model_dir: Path, max_batch: int, min_display: float) -> RecordingHost:
+    engine = make_tiny_engine(model_dir, max_batch=max_batch)
+    settings = Settings()
+    settings.model, settings.safety = tiny_settings(model_dir, max_batch=max_batch)
+    settings.show.min_display_seconds = min_display
+    settings.moderation.user_cooldown_seconds = 0.0
+    settings.link.port = 0
+    gallery = Gallery(tmp_path / "gallery")
+    return RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+
+
+def say(host: Host, login: str, text: str) -> None:
+    """A viewer's chat line, handed to the host as the chat adapter would."""
+    viewer = Viewer(login, login.capitalize())
+    host.on_chat(ChatMessage(viewer, text, f"{login}-{text}", time.monotonic()))
+
+
+async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def run_scenario(host: RecordingHost, scenario: Callable[[], Any]) -> None:
+    async def main() -> None:
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(host.run(on_ready=lambda h: ready.set()))
+        await asyncio.wait_for(ready.wait(), 30)
+        try:
+            await scenario()
+        finally:
+            host.stopped.set()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(main())
+
+
+def test_waiting_requests_with_the_same_settings_share_one_pipeline_call(
+    make_host: Any,
+) -> None:
+    host = make_host(max_batch=4, min_display=0.0)
+    pipeline = PipelineCalls(host.engine)
+
+    async def scenario() -> None:
+        for login, text in [
+            ("ann", "a fox"),  # starts at once, alone
+            ("bob", "a cat"),
+            ("cy", "a dog"),
+            ("dee", "steps=1 a cow"),  # other settings: its own call
+            ("eve", "an owl"),
+        ]:
+            say(host, login, f"!generate {text}")
+        await until(lambda: len(host.shown()) == 5 and not host.show.running)
+
+    run_scenario(host, scenario)
+    assert pipeline.sizes == [1, 3, 1]  # five pictures, three pipeline calls
+    order = ["a fox", "a cat", "a dog", "an owl", "a cow"]
+    assert [e.prompt for e in host.show.history] == order  # what !prev/!next walk
+    assert [e.prompt for e in reversed(host.gallery.recent(10))] == order
+    # every picture went to OBS (their order with min_display 0 is the next test's subject)
+    assert sorted(p for _, p in host.shown()) == sorted(order)
+
+
+def test_pictures_stay_up_the_minimum_time_and_generation_stays_one_batch_ahead(
+    make_host: Any,
+) -> None:
+    hold = 0.5
+    host = make_host(max_batch=2, min_display=hold)
+    pipeline = PipelineCalls(host.engine)
+    most_on_deck = 0
+
+    async def scenario() -> None:
+        nonlocal most_on_deck
+        for login in ("ann", "bob", "cy", "dee", "eve"):
+            say(host, login, f"!generate a picture for {login}")
+
+        def done() -> bool:
+            nonlocal most_on_deck
+            most_on_deck = max(most_on_deck, len(host.show.on_deck))
+            return len(host.shown()) == 5
+
+        await until(done)
+
+    run_scenario(host, scenario)
+    shown = host.shown()
+    assert [p.split()[-1] for _, p in shown] == ["ann", "bob", "cy", "dee", "eve"]
+    gaps = [b[0] - a[0] for a, b in zip(shown, shown[1:], strict=False)]
+    assert min(gaps) >= hold - 0.1, gaps  # nobody's picture was replaced too soon
+    # the first batch shares a call; the engine may run later ones singly when it
+    # measured batching as no faster (the tiny model on a CPU often is not)
+    assert pipeline.sizes[:2] == [1, 2] and sum(pipeline.sizes) == 5
+    assert 0 < most_on_deck <= 2  # pictures did wait, never more than one batch
+    third_call_start = pipeline.calls[2][1]
+    cy_up = shown[2][0]
+    assert third_call_start >= cy_up - 0.2  # not started while bob and cy still waited
+
+
+def test_cancel_inside_a_running_batch_drops_only_that_picture(
+    make_host: Any,
+) -> None:
+    host = make_host(max_batch=3, min_display=0.0)
+    gate = threading.Event()
+    pipeline = PipelineCalls(host.engine, gate)
+
+    async def scenario() -> None:
+        for login in ("ann", "bob", "cy", "dee"):
+            say(host, login, f"!generate a picture for {login}")
+        await until(pipeline.entered_batch.is_set)  # bob, cy and dee are in one call
+        say(host, "cy", "!cancel")
+        gate.set()
+        await until(lambda: len(host.shown()) == 3 and not host.show.running)
+        await asyncio.sleep(0.2)
+
+    try:
+        run_scenario(host, scenario)
+    finally:
+        gate.set()
+    assert pipeline.sizes == [1, 3]
+    assert sorted(p.split()[-1] for _, p in host.shown()) == ["ann", "bob", "dee"]
+    assert [e.requester.lower() for e in host.show.history] == ["ann", "bob", "dee"]
+    assert sorted(e.requester.lower() for e in host.gallery.recent(10)) == ["ann", "bob", "dee"]
+    assert any("cancelled" in line for line in host.chat.said)

@@ -60,8 +60,7 @@ class MiniHost:
         )  # fmt: skip
         self.settings.safety.checker = str(folder)
         self.settings.moderation.user_cooldown_seconds = 0.0
-        if hasattr(self.settings.show, "min_display_seconds"):
-            self.settings.show.min_display_seconds = 0.0  # screen-time policy, not work
+        self.settings.show.min_display_seconds = 0.0  # screen-time policy, not work
         self.engine = Engine(self.settings.model, self.settings.safety)
         self.engine.load()
         self.gallery = Gallery(work / "gallery")

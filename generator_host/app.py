@@ -65,6 +65,7 @@ class Host:
         self._state_dirty = False
         self._display_lock = asyncio.Lock()
         self._state_save_failing = False
+        self._state_saved = b""
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- state that survives a restart -------------------------------------------------
@@ -85,6 +86,8 @@ class Host:
         await asyncio.sleep(0.2)
         self._state_dirty = False
         data = json.dumps(self.show.snapshot()).encode()
+        if data == self._state_saved:
+            return  # ticks change nothing most of the time: spare the disk
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, write_atomic, self.home / STATE_FILE, data)
@@ -93,6 +96,7 @@ class Host:
                 log.error("cannot save the queue state (%s); the stream goes on", exc)
             self._state_save_failing = True
         else:
+            self._state_saved = data
             if self._state_save_failing:
                 log.info("the queue state is saved again")
             self._state_save_failing = False
@@ -306,6 +310,9 @@ class Host:
         from generator_host.link import LinkServer
 
         self._loop = asyncio.get_running_loop()
+        # What was on screen before a restart is ready before the first OBS connects.
+        for effect in self.show.resume(time.monotonic()):
+            await self._execute(effect)
         self.link = LinkServer(
             self.settings.link, self.link_token, self.on_link_message, self.initial_state
         )
@@ -313,7 +320,7 @@ class Host:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stopped.set)
-        # Put back on screen what was there before a restart, and resume the queue.
+        # Resume the queue.
         self.feed(show_mod.SettingsChanged(now=time.monotonic()))
         if on_ready is not None:
             on_ready(self)

@@ -385,7 +385,9 @@ class Engine:
 
         Requests with the same steps, guidance and size share a call (at most
         [model] max_batch requests per call). Returns one result or one EngineError per
-        request, in order; a failure of one call does not stop the others.
+        request, in order; a failure of one call does not stop the others. When a shared
+        call fails (after its out-of-memory retry in halves), each of its requests is run
+        again alone, so one bad request fails alone, with its own reason.
         """
         if not self.loaded:
             raise EngineError("the model is not loaded yet")
@@ -410,13 +412,40 @@ class Engine:
                     on_step,
                     [events[i] for i in batch],
                 )
-            except EngineError as exc:
+            except Cancelled:  # every request of the call was cancelled
                 for i in batch:
-                    out[i] = exc
+                    out[i] = Cancelled()
+                continue
+            except EngineError as exc:
+                if len(batch) == 1:
+                    out[batch[0]] = exc
+                    continue
+                log.warning(
+                    "a shared call of %d requests failed (%s); running each of them alone",
+                    len(batch),
+                    exc,
+                )
+                for i in batch:
+                    out[i] = self._run_alone(clamped[i], reqs[i], on_step, events[i])
                 continue
             for i, res in zip(batch, results, strict=True):
                 out[i] = res
         return [r if r is not None else EngineError("not generated") for r in out]
+
+    def _run_alone(
+        self,
+        p: GenerationParams,
+        request: GenerationRequest | None,
+        on_step: OnStep | None,
+        cancelled: threading.Event | None,
+    ) -> GenerationResult | EngineError:
+        """One request in its own call (after a shared call failed); its error, not raised."""
+        if cancelled is not None and cancelled.is_set():
+            return Cancelled()
+        try:
+            return self._run_batch([p], [request], on_step, [cancelled])[0]
+        except EngineError as exc:
+            return exc
 
     def _plan(self, params: list[GenerationParams]) -> list[list[int]]:
         """Group request indexes into pipeline calls: same settings, up to max_batch each."""

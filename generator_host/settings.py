@@ -144,21 +144,18 @@ class Settings:
 
 def _coerce(value: Any, typ: Any) -> Any:
     """Return value as typ, or raise ValueError; ints are accepted for floats."""
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-    elif getattr(typ, "__origin__", None) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is bool and isinstance(value, bool):
+        return value
+    if typ is int and number and isinstance(value, int):
+        return value
+    if typ is float and number:
+        return float(value)
+    if typ is str and isinstance(value, str):
+        return value
+    is_list = getattr(typ, "__origin__", None) is list
+    if is_list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
     raise ValueError(f"expected {getattr(typ, '__name__', typ)}, got {type(value).__name__}")
 
 

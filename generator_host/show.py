@@ -163,6 +163,13 @@ Effect = (
 )
 
 APPROVABLE = ("held", "blurred")
+
+
+def staff_reserved(budget: int) -> int:
+    """Replies of each send window kept for moderators and the broadcaster (a third)."""
+    return budget // 3
+
+
 STATE_VERSION = 1
 _STREAMER_ACTIONS = ("approve", "clear", "prev", "next", "slideshow", "terminate", "cancel")
 
@@ -344,8 +351,11 @@ class Show:
         self._coalesced.clear()
         self._coalesced_count.clear()
 
-    def _budget(self) -> int:
-        return max(1, self.settings.twitch.send_limit - 2)
+    def _budget(self, staff: bool = False) -> int:
+        """Replies per send window: a margin below Twitch's limit, and the last few kept
+        for moderators and the broadcaster so a flood of viewers never mutes the streamer."""
+        total = max(1, self.settings.twitch.send_limit - 2)
+        return total if staff else max(1, total - staff_reserved(total))
 
     def _send(
         self,
@@ -355,9 +365,10 @@ class Show:
         refusal: bool,
         coalesce_key: str,
         name: str = "",
+        staff: bool = False,
     ) -> None:
         refusal_cap = min(self.settings.show.refusal_replies, self._budget())
-        if self._sent < self._budget() and (not refusal or self._refused < refusal_cap):
+        if self._sent < self._budget(staff) and (not refusal or self._refused < refusal_cap):
             self._sent += 1
             self._refused += refusal
             out.append(Reply(text[:500], reply_to=reply_to))
@@ -375,7 +386,8 @@ class Show:
             ctx.out.append(Status(text))
             return
         prefix = "" if ctx.msg_id else f"@{ctx.viewer.name} "
-        self._send(ctx.out, prefix + text, ctx.msg_id, refusal=False, coalesce_key="")
+        staff = ctx.viewer.role >= Role.MODERATOR
+        self._send(ctx.out, prefix + text, ctx.msg_id, refusal=False, coalesce_key="", staff=staff)
 
     def _refuse(self, ctx: _Ctx, reason: str, key: str = "") -> None:
         """Answer a refusal with its reason; past the budget it is coalesced by `key`."""

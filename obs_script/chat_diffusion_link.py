@@ -34,7 +34,7 @@ except ImportError:  # the script explains how to install it
 THREAD_NAME = "chat-diffusion-link"
 CONNECT_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 10.0
+BACKOFF_MAX = 1.5  # the host is on localhost; back within 2 s of it returning
 REFUSED_WAIT = 30.0  # after a wrong token or version: the user has to change something
 KEEP_IMAGES = 3  # our own newest files kept; older ones are deleted
 STALE_SECONDS = 3600.0  # other processes' files older than this are cleaned on start

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -293,10 +294,8 @@ class RecordingTwitchServer(TwitchServer):
             writer.write(data)
             self.deliveries += [Delivery(now, conn, line) for line in lines]
         for _, writer in open_writers:
-            try:
+            with contextlib.suppress(ConnectionError):
                 await writer.drain()
-            except ConnectionError:
-                pass
 
     def close_connections(self, abort: bool = False) -> list[int]:
         """Close every connection: gracefully (FIN after what was written) or abort (RST)."""
@@ -338,6 +337,11 @@ class RecordingTwitchServer(TwitchServer):
                 await asyncio.sleep(max(0.0, pause))
 
         return asyncio.run_coroutine_threadsafe(_flood(), self._loop)
+
+    def reconnect_with_chat(self, login: str, text: str) -> None:
+        """RECONNECT and a chat line in one write, as Twitch may (it closes later)."""
+        line, _ = self._privmsg_line(login, text, msg_id="", badges="", tags=None)
+        self._call(self._broadcast([":tmi.twitch.tv RECONNECT", line]))
 
     def joined_connections(self) -> int:
         return len(self.joins)

@@ -148,3 +148,50 @@ def test_unknown_part_is_refused() -> None:
     assert parse_only("engine,chat-to-screen") == ["chat_to_screen", "engine"]
     with pytest.raises(SystemExit, match="unknown part"):
         parse_only("engin")
+
+
+def test_engine_bench_rounds_and_tiny_vae_swap_run_on_the_cpu(tmp_path: Path) -> None:
+    """The CUDA rows' code (rounds alternating the full and the tiny VAE) on the tiny model."""
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
+
+    from bench import bench_engine as be
+    from generator_host.generation import GenerationParams
+    from generator_host.tiny_model import build_tiny_model
+
+    be._quiet()
+    assert be.devices()[0] == be.CPU and be.CPU.full_size_batch == 2
+    pipe = StableDiffusionPipeline.from_pretrained(
+        build_tiny_model(tmp_path / "tiny"), safety_checker=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    like_cuda = be.Device(
+        "cpu", "float32", "test", 2, (1, 1), tiny_vae=True, checker_in_quick=False
+    )
+    rows = be.bench_full_size_on(pipe, like_cuda, False, tmp_path, size=64, model_label="tiny")
+    names = [r["name"] for r in rows]
+    assert names == [
+        "tiny 64x64, 1 step, test: batch 1",
+        "tiny 64x64, 1 step, test: micro-batch of 2",
+        "tiny 64x64, 1 step, test: micro-batch of 2: images/s vs batch 1",
+        "tiny 64x64, 1 step, test: engine's choice (generate_many, 2 waiting)",
+        "tiny 64x64, 1 step, test: engine's choice: images/s vs batch 1",
+        "tiny 64x64, 1 step, test, tiny VAE decoder: batch 1",
+        "tiny 64x64, 1 step, test, tiny VAE decoder: micro-batch of 2",
+        "tiny 64x64, 1 step, test, tiny VAE decoder: micro-batch of 2: images/s vs batch 1",
+        "tiny 64x64, 1 step, test, tiny VAE decoder: engine's choice (generate_many, 2 waiting)",
+        "tiny 64x64, 1 step, test, tiny VAE decoder: engine's choice: images/s vs batch 1",
+        "tiny 64x64, 1 step, test: tiny VAE decoder vs full VAE, images/s at batch 1",
+    ]
+    shaped = [r for row in rows for r in report.normalize("Engine", row)]
+    assert sum(r.get("target", "").startswith(">= 1.5x") for r in shaped) == 2  # micro-batch
+    assert sum(r.get("target", "").startswith("never < 1x") for r in shaped) == 2  # choice
+    assert all(r["value"] > 0 for r in shaped)
+    assert not isinstance(pipe.vae, AutoencoderTiny)  # the full VAE is back after the rounds
+
+    old = be.use_tiny_vae(pipe)  # the swap alone: right image size from the tiny decoder
+    assert isinstance(pipe.vae, AutoencoderTiny) and pipe.vae_scale_factor == 8
+    assert old.config.block_out_channels == [4, 8]
+    engine = be.prebuilt_engine(pipe, be.CPU, 2, warm_up=False, folder=tmp_path / "m")
+    result = engine.generate(GenerationParams("x", steps=1, width=64, height=80, seed=3))
+    assert result.images[0].image.size == (64, 80)

@@ -332,3 +332,41 @@ def test_cancelling_one_request_of_a_running_micro_batch_keeps_the_others(
     assert len(engine.calls) == 1
     assert isinstance(out[1], Cancelled)
     assert [len(r.images) for r in (out[0], out[2])] == [1, 1]
+
+
+class _OneBadPrompt(_Counting):
+    """A pipeline that breaks on any call containing `bad` (as a bad input would)."""
+
+    bad = "broken fox"
+    oom = False
+
+    def call_pipeline(self, **kwargs: Any) -> Any:
+        self.calls.append(list(kwargs["prompt"]))
+        if self.bad in kwargs["prompt"]:
+            if self.oom:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise RuntimeError("expected 4 channels, got 3")
+        return Engine.call_pipeline(self, **kwargs)
+
+
+@pytest.mark.parametrize("oom", [False, True], ids=["raises", "out-of-memory"])
+def test_one_failing_request_of_a_micro_batch_fails_alone(tiny_model_dir: Path, oom: bool) -> None:
+    engine = _OneBadPrompt(*tiny_settings(tiny_model_dir, max_batch=4))
+    engine.calls, engine.oom = [], oom
+    engine.load()
+    engine.calls.clear()
+    params = [GenerationParams(p, seed=i) for i, p in enumerate(["fox", "broken fox", "owl"])]
+    out = engine.generate_many(params, [_request(i, p) for i, p in enumerate(params)])
+    assert [r.request.id for r in (out[0], out[2])] == ["r0", "r2"]  # served
+    assert [len(r.images) for r in (out[0], out[2])] == [1, 1]
+    assert [r.params.prompt for r in (out[0], out[2])] == ["fox", "owl"]
+    assert isinstance(out[1], EngineError) and not isinstance(out[1], Cancelled)
+    shared = [["fox", "broken fox", "owl"]]
+    if oom:  # the shared call's halving retry first, then each alone (with its own retry)
+        assert isinstance(out[1], OutOfMemory) and "out of memory" in str(out[1])
+        assert engine.calls == [
+            *shared, ["fox"], ["broken fox"], ["fox"], ["broken fox"], ["broken fox"], ["owl"],
+        ]  # fmt: skip
+    else:
+        assert str(out[1]) == "generation failed: expected 4 channels, got 3"
+        assert engine.calls == [*shared, ["fox"], ["broken fox"], ["owl"]]

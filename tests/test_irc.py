@@ -126,6 +126,98 @@ def test_reconnect_command_rejoins_within_5_seconds(twitch_server, twitch_settin
     assert joins[0].conn != joins[1].conn  # a new connection, not a second JOIN on the old one
 
 
+def _send_on(server: TwitchServer, conn: int, *lines: str) -> None:
+    """Write lines to ONE connection of the server (what Twitch does to the old one)."""
+
+    async def write() -> None:
+        writer = server._writers[conn]
+        writer.write("".join(f"{line}\r\n" for line in lines).encode())
+        await writer.drain()
+
+    server._call(write())
+
+
+def _chat_line(server: TwitchServer, login: str, text: str, msg_id: str) -> str:
+    return server._privmsg_line(login, text, msg_id=msg_id, badges="", tags=None)[0]
+
+
+def test_reconnect_keeps_reading_the_old_connection_and_delivers_each_line_once(
+    twitch_server, twitch_settings
+):
+    """Twitch still delivers on the old connection after RECONNECT: nothing is lost or doubled.
+
+    Chat in the same write as the RECONNECT, on the old connection only after the new one
+    joined, and on both at once (same id) each reach the host exactly once; the rejoin is
+    within 5 s, replies go out on the new connection, the old one is closed after the grace.
+    """
+
+    async def main() -> tuple[list, TwitchAdapter, float]:
+        events: list = []
+        adapter = TwitchAdapter(twitch_settings, handover_grace=0.5)
+        task = await _start(adapter, events)
+        old = twitch_server.sent("JOIN")[0].conn
+        asked = time.monotonic()
+        with_it = _chat_line(twitch_server, "alice", "!generate with the reconnect", "id-1")
+        _send_on(twitch_server, old, ":tmi.twitch.tv RECONNECT", with_it)  # one write
+        assert await until(lambda: len(twitch_server.joins) == 2, 5)
+        rejoin = twitch_server.joins[1] - asked
+        assert old in twitch_server._writers, "the old connection was left at once"
+        _send_on(
+            twitch_server, old, _chat_line(twitch_server, "bob", "!generate late on old", "id-2")
+        )
+        twitch_server.privmsg("carol", "!generate on both", msg_id="id-3")  # both connections
+        assert await until(lambda: len(events) == 3, 5), events
+        await adapter.say("hello after the handover")
+        assert await until(lambda: twitch_server.sent("PRIVMSG"), 5)
+        assert await until(lambda: twitch_server.connections == 1, 5)  # the old one retired
+        await asyncio.sleep(0.3)  # a doubled line would arrive by now
+        assert adapter.connected.is_set()
+        await _stop(adapter, task)
+        return events, adapter, rejoin
+
+    events, adapter, rejoin = asyncio.run(main())
+    assert rejoin < 5
+    assert [e.text for e in events] == [
+        "!generate with the reconnect", "!generate late on old", "!generate on both",
+    ]  # fmt: skip
+    assert [e.msg_id for e in events] == ["id-1", "id-2", "id-3"]
+    assert adapter.duplicates_dropped == 1  # id-3 came on both connections
+    joins = twitch_server.sent("JOIN")
+    assert joins[0].conn != joins[1].conn
+    assert [s.conn for s in twitch_server.sent("PRIVMSG")] == [joins[1].conn]
+
+
+def test_old_connection_after_reconnect_answers_ping_and_ends_when_twitch_closes_it(
+    twitch_server, twitch_settings
+):
+    """No new connection can join: the old one still delivers until Twitch closes it."""
+
+    async def main() -> list:
+        events: list = []
+        adapter = TwitchAdapter(twitch_settings, backoff_base=5.0)
+        task = await _start(adapter, events)
+        old = twitch_server.sent("JOIN")[0].conn
+        twitch_server.drop_after_login = 100  # every new connection is cut after the welcome
+        _send_on(twitch_server, old, ":tmi.twitch.tv RECONNECT")
+        assert await until(lambda: len(twitch_server.logins) >= 2, 5)
+        _send_on(twitch_server, old, "PING :tmi.twitch.tv",
+                 _chat_line(twitch_server, "dave", "!generate still on old", "id-9"))  # fmt: skip
+        assert await until(lambda: len(events) == 1, 5)
+        assert await until(lambda: [p for p in twitch_server.sent("PONG") if p.conn == old], 5)
+        assert adapter.connected.is_set()  # the old connection is still joined
+        twitch_server._call(_close(twitch_server, old))  # then Twitch closes it
+        assert await until(lambda: not adapter.connected.is_set(), 5)
+        await _stop(adapter, task)
+        return events
+
+    events = asyncio.run(main())
+    assert [e.text for e in events] == ["!generate still on old"]
+
+
+async def _close(server: TwitchServer, conn: int) -> None:
+    server._writers[conn].close()
+
+
 def test_dropped_connection_reconnects_with_growing_backoff(twitch_server, twitch_settings):
     twitch_server.drop_after_login = 3
 

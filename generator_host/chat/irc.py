@@ -10,7 +10,9 @@ in the pure `ircparse` module, so the socket part here stays small and every rul
 tested against a real socket (tests/twitch_server.py).
 
 What it does: PASS/NICK, `CAP REQ :twitch.tv/tags twitch.tv/commands`, JOIN; answers
-PING; on RECONNECT reconnects at once and rejoins; after a drop reconnects with
+PING; on RECONNECT joins on a new connection at once while still reading the old one
+(Twitch delivers on it until it closes it), then retires the old one, delivering each chat
+line once by its `id` tag; after a drop reconnects with
 exponential backoff (with jitter); raises `LoginFailed` on Twitch's login NOTICEs; sends
 through a limiter that never lets more than `send_limit` messages out in any
 `send_window`; drops the oldest waiting reply when too many pile up. The token is never
@@ -39,6 +41,7 @@ DUPLICATE_SECONDS = 30.0
 DUPLICATE_MARK = " \U000e0000"  # invisible; chat clients and commands.py ignore it
 _READ_CHUNK = 65536
 _MAX_LINE = 65536
+SEEN_IDS = 2000  # chat ids remembered to deliver each line once across a handover
 
 
 class LoginFailed(Exception):
@@ -78,8 +81,31 @@ class _Dropped(Exception):
         self.now = now
 
 
+class _Connection:
+    """One socket to Twitch and what we know about it."""
+
+    def __init__(
+        self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.number = number
+        self.reader = reader
+        self.writer = writer
+        self.logged_in = False
+        self.joined = False
+        self.sender: asyncio.Task[None] | None = None
+
+
 class TwitchAdapter:
-    """Twitch IRC as a ChatAdapter: `run(on_event)`, `say(text, reply_to)`, `close()`."""
+    """Twitch IRC as a ChatAdapter: `run(on_event)`, `say(text, reply_to)`, `close()`.
+
+    RECONNECT is a handover, not a drop: Twitch keeps delivering on the old connection
+    until it closes it, so the old one is read on (`_hand_over`) while a new one logs in
+    and joins. Sending moves to the new one when it has joined; the old one is closed when
+    Twitch closes it, `handover_grace` seconds after the new one joined, or at the latest
+    `handover_max` seconds after the RECONNECT. Both connections see the same chat
+    meanwhile, so chat lines are delivered once by their `id` tag (the last
+    `SEEN_IDS` ids are remembered). One SendLimiter serves every connection.
+    """
 
     def __init__(
         self,
@@ -90,6 +116,8 @@ class TwitchAdapter:
         stable_seconds: float = 30.0,
         login_timeout: float = 15.0,
         idle_timeout: float = 360.0,
+        handover_grace: float = 3.0,
+        handover_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -100,19 +128,25 @@ class TwitchAdapter:
         self.stable_seconds = stable_seconds
         self.login_timeout = login_timeout
         self.idle_timeout = idle_timeout
+        self.handover_grace = handover_grace
+        self.handover_max = handover_max
         self.clock = clock
         self.limiter = SendLimiter(settings.send_limit, settings.send_window)
         self._pending: deque[str] = deque()
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._writer: asyncio.StreamWriter | None = None
+        self._conns: set[_Connection] = set()  # open: the current one and any being retired
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._join_event = asyncio.Event()  # set (and replaced) whenever a connection joins
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
         self._closing = False
-        self._logged_in = False
         self._last_line = ""
         self._last_time = -DUPLICATE_SECONDS
-        self.connected = asyncio.Event()  # set while logged in and joined
+        self.connected = asyncio.Event()  # set while a connection is logged in and joined
         self.connections = 0
         self.dropped_sends = 0
+        self.duplicates_dropped = 0
 
     def __repr__(self) -> str:  # never the token
         return f"TwitchAdapter(channel={self.channel!r}, login={self.login!r})"
@@ -127,6 +161,16 @@ class TwitchAdapter:
                 "no Twitch token: set the environment variable CHAT_DIFFUSION_TWITCH_TOKEN "
                 "(or token under [twitch]) to an OAuth token with chat:read and chat:write"
             )
+        try:
+            await self._run(on_event)
+        finally:
+            retiring = list(self._retiring)
+            for task in retiring:
+                task.cancel()
+            if retiring:
+                await asyncio.gather(*retiring, return_exceptions=True)
+
+    async def _run(self, on_event: Callable[[ChatEvent], None]) -> None:
         failures = 0
         while not self._closing:
             started = self.clock()
@@ -137,7 +181,10 @@ class TwitchAdapter:
                 if self._closing:
                     return
                 if drop.now:
-                    log.info("Twitch asked us to reconnect; reconnecting now")
+                    log.info(
+                        "Twitch asked us to reconnect; joining on a new connection "
+                        "while the old one is still read"
+                    )
                     failures = 0
                     continue
                 if self.clock() - started >= self.stable_seconds:
@@ -165,10 +212,9 @@ class TwitchAdapter:
         self._closing = True
         self._wake.set()
         self._stop.set()
-        writer = self._writer
-        if writer is not None:
+        for conn in list(self._conns):
             with contextlib.suppress(Exception):
-                writer.close()
+                conn.writer.close()
 
     # ---- one connection -----------------------------------------------------------------------
     async def _session(self, on_event: Callable[[ChatEvent], None]) -> None:
@@ -183,9 +229,10 @@ class TwitchAdapter:
             )
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             raise _Dropped(f"cannot connect to {s.host}:{s.port}: {exc}") from None
-        self._writer = writer
         self.connections += 1
-        sender: asyncio.Task[None] | None = None
+        conn = _Connection(self.connections, reader, writer)
+        self._conns.add(conn)
+        handed_over = False
         try:
             token = s.token.strip()
             token = token if token.startswith("oauth:") else f"oauth:{token}"
@@ -194,46 +241,13 @@ class TwitchAdapter:
             self._write_raw(writer, "CAP REQ :twitch.tv/tags twitch.tv/commands\r\n")
             await writer.drain()
             log.info("connecting to Twitch chat as %s", self.login)
-            self._logged_in = False
-            deadline = self.clock() + self.login_timeout
-            async for line in self._lines(reader, writer, deadline):
-                cmd = line.command
-                if cmd == "PING":
-                    self._write_raw(
-                        writer,
-                        ircparse.build_line(
-                            "PONG", line.trailing or "tmi.twitch.tv", trailing=True
-                        ),
-                    )
-                elif cmd == "001":
-                    self._logged_in = True
-                    self._write_raw(writer, ircparse.build_line("JOIN", f"#{self.channel}"))
-                elif cmd == "JOIN" and line.nick.lower() == self.login:
-                    log.info("joined #%s", self.channel)
-                    self.connected.set()
-                    if sender is None:
-                        sender = asyncio.ensure_future(self._send_loop(writer))
-                elif cmd == "RECONNECT":
+            lines = self._lines(conn, self.clock() + self.login_timeout)
+            async for line in lines:
+                if self._handle(conn, line, on_event) and not self._closing:
+                    if conn.joined:  # read on until Twitch closes it; join anew meanwhile
+                        self._hand_over(conn, lines, on_event)
+                        handed_over = True
                     raise _Dropped("RECONNECT", now=True)
-                elif cmd == "NOTICE" and any(f in line.trailing.lower() for f in LOGIN_FAILURES):
-                    raise LoginFailed(
-                        f"Twitch refused the login for {self.login!r}: {line.trailing!r}. "
-                        "Check that the token is valid, belongs to that account and has "
-                        "the chat:read and chat:write scopes"
-                    )
-                elif cmd == "NOTICE" and line.tags.get("msg-id", "").startswith("msg_"):
-                    log.warning(
-                        "Twitch refused a message: %s", ircparse.sanitize(line.trailing, 200)
-                    )
-                elif cmd == "NOTICE":
-                    log.info("Twitch notice: %s", ircparse.sanitize(line.trailing, 200))
-                else:
-                    event = ircparse.to_event(line, self.clock())
-                    if event is not None:
-                        try:
-                            on_event(event)
-                        except Exception:  # the host's bug must not cut the chat
-                            log.exception("handling a chat event failed")
                 await writer.drain()
             if not self._closing:
                 raise _Dropped("connection closed by Twitch")
@@ -242,35 +256,163 @@ class TwitchAdapter:
                 return
             raise _Dropped(str(exc) or type(exc).__name__) from None
         finally:
-            self.connected.clear()
-            self._writer = None
-            if sender is not None:
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-            with contextlib.suppress(Exception):
-                writer.close()
+            if not handed_over:
+                await self._shut(conn)
 
-    async def _lines(
+    def _handle(
+        self, conn: _Connection, line: ircparse.Line, on_event: Callable[[ChatEvent], None]
+    ) -> bool:
+        """Act on one line from `conn`; True when Twitch asked us to reconnect."""
+        cmd = line.command
+        if cmd == "PING":
+            self._write_raw(
+                conn.writer,
+                ircparse.build_line("PONG", line.trailing or "tmi.twitch.tv", trailing=True),
+            )
+        elif cmd == "001":
+            conn.logged_in = True
+            self._write_raw(conn.writer, ircparse.build_line("JOIN", f"#{self.channel}"))
+        elif cmd == "JOIN" and line.nick.lower() == self.login:
+            self._joined(conn)
+        elif cmd == "RECONNECT":
+            return True
+        elif cmd == "NOTICE" and any(f in line.trailing.lower() for f in LOGIN_FAILURES):
+            raise LoginFailed(
+                f"Twitch refused the login for {self.login!r}: {line.trailing!r}. "
+                "Check that the token is valid, belongs to that account and has "
+                "the chat:read and chat:write scopes"
+            )
+        elif cmd == "NOTICE" and line.tags.get("msg-id", "").startswith("msg_"):
+            log.warning("Twitch refused a message: %s", ircparse.sanitize(line.trailing, 200))
+        elif cmd == "NOTICE":
+            log.info("Twitch notice: %s", ircparse.sanitize(line.trailing, 200))
+        else:
+            self._deliver(line, on_event)
+        return False
+
+    def _joined(self, conn: _Connection) -> None:
+        """`conn` joined the channel: it sends from now on (no other connection does)."""
+        log.info("joined #%s", self.channel)
+        conn.joined = True
+        for other in self._conns:
+            if other is not conn and other.sender is not None:
+                other.sender.cancel()  # cancelled between lines, never within one
+        if conn.sender is None:
+            conn.sender = asyncio.ensure_future(self._send_loop(conn.writer))
+        self.connected.set()
+        event, self._join_event = self._join_event, asyncio.Event()
+        event.set()
+
+    def _deliver(self, line: ircparse.Line, on_event: Callable[[ChatEvent], None]) -> None:
+        """Pass a chat line on as an event, once per `id` tag (the same line may come on
+        both connections during a handover)."""
+        event = ircparse.to_event(line, self.clock())
+        if event is None:
+            return
+        msg_id = line.tags.get("id", "")
+        if msg_id:
+            if msg_id in self._seen:
+                self.duplicates_dropped += 1
+                return
+            if len(self._seen_order) >= SEEN_IDS:
+                self._seen.discard(self._seen_order.popleft())
+            self._seen_order.append(msg_id)
+            self._seen.add(msg_id)
+        try:
+            on_event(event)
+        except Exception:  # the host's bug must not cut the chat
+            log.exception("handling a chat event failed")
+
+    def _hand_over(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        deadline: float,
-    ) -> AsyncIterator[ircparse.Line]:
+        conn: _Connection,
+        lines: AsyncIterator[ircparse.Line],
+        on_event: Callable[[ChatEvent], None],
+    ) -> None:
+        """Keep reading `conn` (after its RECONNECT) in the background until it is retired."""
+        # What "the next connection joined" means is fixed now, before any other line runs.
+        task = asyncio.ensure_future(
+            self._retire(conn, lines, on_event, self._join_event, self.clock())
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _retire(
+        self,
+        conn: _Connection,
+        lines: AsyncIterator[ircparse.Line],
+        on_event: Callable[[ChatEvent], None],
+        joined: asyncio.Event,
+        started: float,
+    ) -> None:
+        """Read on until Twitch closes `conn`, or `handover_grace` after `joined` is set
+        (the next connection joined), or `handover_max` after `started`; then close it."""
+        reading = asyncio.ensure_future(self._read_on(conn, lines, on_event))
+        waiting = asyncio.ensure_future(joined.wait())
+        how = f"handover limit of {self.handover_max:g} s"
+        try:
+            await asyncio.wait(
+                {reading, waiting}, timeout=self.handover_max, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not reading.done() and joined.is_set():
+                how = f"new connection joined {self.handover_grace:g} s before"
+                left = self.handover_max - (self.clock() - started)
+                await asyncio.wait({reading}, timeout=max(0.0, min(self.handover_grace, left)))
+            if reading.done():
+                how = "closed by Twitch"
+        finally:
+            reading.cancel()
+            waiting.cancel()
+            await asyncio.gather(reading, waiting, return_exceptions=True)
+            await self._shut(conn)
+            log.info(
+                "old Twitch connection retired (%s), %.1f s after RECONNECT",
+                how,
+                self.clock() - started,
+            )
+
+    async def _read_on(
+        self,
+        conn: _Connection,
+        lines: AsyncIterator[ircparse.Line],
+        on_event: Callable[[ChatEvent], None],
+    ) -> None:
+        """The old connection's lines after RECONNECT: chat is delivered, PING answered."""
+        try:
+            async for line in lines:
+                self._handle(conn, line, on_event)  # a second RECONNECT changes nothing
+                await conn.writer.drain()
+        except (_Dropped, LoginFailed, ConnectionError, OSError) as exc:
+            log.debug("old Twitch connection: %s", exc)
+
+    async def _shut(self, conn: _Connection) -> None:
+        """Close `conn` and stop its sender."""
+        self._conns.discard(conn)
+        conn.joined = False
+        if not any(c.joined for c in self._conns):
+            self.connected.clear()
+        if conn.sender is not None:
+            conn.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await conn.sender
+        with contextlib.suppress(Exception):
+            conn.writer.close()
+
+    async def _lines(self, conn: _Connection, deadline: float) -> AsyncIterator[ircparse.Line]:
         """Complete lines as they arrive (split across reads or many per read)."""
         buffer = b""
         pinged = False
         while not self._closing:
-            timeout = self.idle_timeout if self._logged_in else max(0.1, deadline - self.clock())
+            timeout = self.idle_timeout if conn.logged_in else max(0.1, deadline - self.clock())
             try:
-                data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout=timeout)
+                data = await asyncio.wait_for(conn.reader.read(_READ_CHUNK), timeout=timeout)
             except asyncio.TimeoutError:
-                if not self._logged_in:
+                if not conn.logged_in:
                     raise _Dropped("no answer to the login") from None
                 if pinged:
                     raise _Dropped("no answer to our PING") from None
                 pinged = True
-                self._write_raw(writer, "PING :tmi.twitch.tv\r\n")
+                self._write_raw(conn.writer, "PING :tmi.twitch.tv\r\n")
                 continue
             if not data:
                 return

@@ -389,7 +389,7 @@ def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any,
     token_path = token_dir / "link-token"
     token = settings.link.token or load_or_create_token(token_path)
     print(f"Gallery folder: {gallery_dir}")
-    print(f"OBS link: ws://{settings.link.host}:{settings.link.port} (token file {token_path})")
+    print(f"OBS link token file: {token_path} (the OBS script on this computer reads it)")
     engine = _load_engine(settings)
     return engine, gallery, token
 
@@ -405,7 +405,11 @@ def _serve(settings: Settings, home: Path, token_dir: Path, chat: Any) -> int:
         host = Host(settings, home, chat, engine, gallery, token)
 
         def ready(h: Host) -> None:
-            print(f"OBS link listening on port {h.link.port}", flush=True)
+            print(
+                f"OBS link listening on port {h.link.port} "
+                f"(script address ws://{settings.link.host}:{h.link.port})",
+                flush=True,
+            )
             print("Ready.", flush=True)
 
         return await host.run(on_ready=ready)

@@ -237,7 +237,14 @@ class Engine:
             self.warm_up()
 
     def _load_pipeline(self, source: str, local: bool) -> Any:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
         from diffusers import AutoPipelineForText2Image
+
+        # "Loading pipeline components" bars say nothing to a streamer; the hub's own
+        # download bars (huggingface_hub) stay, so a first download still shows progress.
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
 
         if local and not (Path(source) / "model_index.json").is_file():
             raise EngineError(

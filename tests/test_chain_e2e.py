@@ -8,33 +8,16 @@ script. Required in CI.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.obs_harness import IMAGE, PROMPT, REQUESTER, obs_missing, run_obs
+from tests.obs_harness import IMAGE, PROMPT, REQUESTER, obs_missing, run_obs, wait_for
 from tests.reliability_helpers import LINK_TOKEN, HostProcess, free_port, host_config
 from tests.requirements import require
 from tests.twitch_server import TwitchServer
 
 pytestmark = [pytest.mark.obs, pytest.mark.model]
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # noqa: BLE001 - OBS may be between states
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
 
 
 def test_generate_from_twitch_chat_reaches_obs(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +18,21 @@ import pytest
 
 from obs_script import chat_diffusion_protocol as p
 from tests.fixtures_obs import LINK_TOKEN, RunningLink, make_png
-from tests.obs_harness import IMAGE, PROMPT, REQUESTER, STATUS, ObsInstance, obs_missing, run_obs
+from tests.obs_harness import (
+    IMAGE,
+    PROMPT,
+    REQUESTER,
+    STATUS,
+    ObsInstance,
+    obs_missing,
+    run_obs,
+    wait_for,
+)
 from tests.requirements import require
 
 pytestmark = pytest.mark.obs
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 200, 40), (30, 40, 220)
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # noqa: BLE001 - OBS may be between states
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or check}: last {last!r}")
 
 
 def close_to(pixel: tuple[int, int, int], color: tuple[int, int, int]) -> bool:

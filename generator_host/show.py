@@ -186,18 +186,6 @@ class _Ctx:
     out: list[Effect] = field(default_factory=list)
 
 
-@dataclass
-class _LastAsk:
-    """What !regenerate repeats: the last accepted prompt and options (not the seed)."""
-
-    prompt: str
-    negative: str = ""
-    steps: int | None = None
-    width: int | None = None
-    height: int | None = None
-    count: int | None = None
-
-
 class Show:
     """The state machine; see the module docstring."""
 
@@ -231,7 +219,7 @@ class Show:
         self._slideshow_setting = -1.0
         self._slideshow_next = 0.0
         self._avg_seconds = settings.show.first_estimate_seconds
-        self._last: _LastAsk | None = None
+        self._last: cmds.GenerateArgs | None = None  # what !regenerate repeats, no seed
         self._counter = 0
         self._terminated = False
         self._resumed = False
@@ -529,10 +517,7 @@ class Show:
         if isinstance(parsed, str):
             self._refuse(ctx, parsed, key=f"usage: {self._prefix}generate <prompt> ### <negative>")
             return
-        last = _LastAsk(
-            parsed.prompt, parsed.negative, parsed.steps, parsed.width, parsed.height, parsed.count
-        )
-        self._submit(ctx, last, parsed.seed)
+        self._submit(ctx, dataclasses.replace(parsed, seed=None), parsed.seed)
 
     def _cmd_regenerate(self, ctx: _Ctx) -> None:
         """!regenerate: the last requested prompt again, with a new seed."""
@@ -552,7 +537,7 @@ class Show:
             return True
         return False
 
-    def _submit(self, ctx: _Ctx, ask: _LastAsk, seed: int | None) -> None:
+    def _submit(self, ctx: _Ctx, ask: cmds.GenerateArgs, seed: int | None) -> None:
         refusal = self.moderator.check_prompt(ask.prompt)
         if refusal:
             self._refuse(ctx, refusal)
@@ -1065,7 +1050,7 @@ class Show:
             if rng:
                 self._rng.setstate((rng[0], tuple(rng[1]), rng[2]))
             last = state.get("last")
-            self._last = _LastAsk(**last) if isinstance(last, dict) else None
+            self._last = cmds.GenerateArgs(**last) if isinstance(last, dict) else None
             self.moderator.restore(state.get("moderation", {}))
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             self.problems.append(f"saved show state partly unreadable ({exc})")

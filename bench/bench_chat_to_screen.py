@@ -24,17 +24,13 @@ obs-websocket screenshots until it shows the new pixels.
 
 from __future__ import annotations
 
-import argparse
-import base64
 import contextlib
 import io
 import json
 import math
 import os
 import random
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,12 +41,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.report import part_main
+from tests.obs_harness import (
+    IMAGE,
+    LEGACY_IMAGE,
+    PROMPT,
+    REQUESTER,
+    STATUS,
+    ObsConfig,
+    ObsInstance,
+    free_port,
+    obs_missing,
+)
+from tests.reliability_helpers import wait_until
+
 REPO = Path(__file__).resolve().parent.parent
-OBS_SCRIPT_DIR = REPO / "obs_script"
 LINK_TOKEN = "bench-link-token-7f3a9c21d4"
-IMAGE = "Chat Diffusion Image"
-LEGACY = "Legacy stream.png"
-TEXTS = ("Chat Diffusion Requester", "Chat Diffusion Prompt", "Chat Diffusion Status")
 FPS = 30
 SIZE = 64  # the tiny model's native size
 TARGET_MEDIAN_MS = 50.0
@@ -58,12 +64,6 @@ TARGET_P95_MS = 100.0
 
 
 # ---- small helpers -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def percentile(xs: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN for no data."""
     if not xs:
@@ -74,15 +74,6 @@ def percentile(xs: list[float], q: float) -> float:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
-
-
-def wait_until(predicate: Any, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 # ---- the probe loaded into OBS -------------------------------------------------------------
@@ -245,212 +236,65 @@ class ProbeLog:
 
 
 # ---- real OBS under Xvfb -------------------------------------------------------------------
-def _scene_item(name: str, item_id: int, x: float, y: float, scale: float) -> dict[str, Any]:
-    return {
-        "name": name,
-        "id": item_id,
-        "visible": True,
-        "locked": False,
-        "pos": {"x": x, "y": y},
-        "rot": 0.0,
-        "scale": {"x": scale, "y": scale},
-        "align": 5,
-        "bounds_type": 0,
-        "bounds_align": 0,
-        "bounds": {"x": 0.0, "y": 0.0},
-        "crop_left": 0,
-        "crop_top": 0,
-        "crop_right": 0,
-        "crop_bottom": 0,
-    }
+class Obs(ObsInstance):
+    """tests/obs_harness.py's OBS 29 (its own Xvfb, isolated config, obs-websocket on a
+    free port) at FPS and 1280x720.
 
-
-class Obs:
-    """OBS 29 under its own Xvfb, isolated config, obs-websocket on a free port.
-
-    The scene holds the script's image source, a second image source watching
-    `legacy_file` (the original's way) and the script's three text sources; the probe
-    (see PROBE) is the one script loaded, with the script's settings.
+    The scene holds the script's image source, its three text sources and a second image
+    source watching `legacy_file` (the original's way); the probe (see PROBE) is the one
+    script loaded, with the script's settings.
     """
 
     def __init__(self, work: Path, link_port: int, fps: int = FPS) -> None:
-        self.work = work
         self.link_port = link_port
-        self.fps = fps
-        self.ws_port = free_port()
         self.probe_out = work / "probe.log"
+        self.probe_file = work / "probe" / "chat_diffusion_bench_probe.py"
         self.legacy_file = work / "legacy" / "stream.png"
-        self.xvfb: subprocess.Popen[bytes] | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.client: Any = None
         self.version = ""
-        self.log = ProbeLog(self.probe_out)
+        self.probe_log = ProbeLog(self.probe_out)
+        script_settings = {
+            "host": f"ws://127.0.0.1:{link_port}",
+            "token": LINK_TOKEN,
+            "image_source": IMAGE,
+            "requester_source": REQUESTER,
+            "prompt_source": PROMPT,
+            "status_source": STATUS,
+            "approval_mode": "blur",
+            "grid": 1,
+            "save_images": True,
+        }
+        cfg = ObsConfig(
+            script_settings=script_settings,
+            fps=fps,
+            width=1280,
+            height=720,
+            legacy_file=str(self.legacy_file),
+            script_file=str(self.probe_file),
+        )
+        super().__init__(work, cfg)
 
-    # -- config ------------------------------------------------------------------------
-    def _write_config(self) -> Path:
-        home = self.work / "home"
-        conf = home / ".config" / "obs-studio"
-        (conf / "basic" / "profiles" / "Bench").mkdir(parents=True, exist_ok=True)
-        (conf / "basic" / "scenes").mkdir(parents=True, exist_ok=True)
-        (conf / "global.ini").write_text(
-            "[General]\nFirstRun=true\nLastVersion=486539266\nEnableAutoUpdates=false\n"
-            "[Basic]\nProfile=Bench\nProfileDir=Bench\nSceneCollection=Bench\n"
-            "SceneCollectionFile=Bench\n"
-            "[BasicWindow]\nPreviewEnabled=false\n"
-            f"[OBSWebSocket]\nFirstLoad=false\nServerEnabled=true\nServerPort={self.ws_port}\n"
-            "AlertsEnabled=false\nAuthRequired=false\nServerPassword=\n",
-            encoding="utf-8",
-        )
-        (conf / "basic" / "profiles" / "Bench" / "basic.ini").write_text(
-            "[General]\nName=Bench\n[Video]\nBaseCX=1280\nBaseCY=720\nOutputCX=1280\n"
-            f"OutputCY=720\nFPSType=0\nFPSCommon={self.fps}\n",
-            encoding="utf-8",
-        )
-        probe = self.work / "probe" / "chat_diffusion_bench_probe.py"
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text(
+    def start(self, timeout: float = 60.0) -> None:
+        """Write the probe and the watched file, start OBS, note its version."""
+        missing = obs_missing()
+        if missing:
+            raise RuntimeError(f"cannot benchmark OBS: {missing}")
+        self.probe_file.parent.mkdir(parents=True, exist_ok=True)
+        self.probe_file.write_text(
             PROBE.format(
-                script_dir=str(OBS_SCRIPT_DIR),
+                script_dir=str(self.script_path.parent),
                 out=str(self.probe_out),
-                image_dir=str(self.work / "script-images"),
+                image_dir=str(self.image_dir),
                 image=IMAGE,
             ),
             encoding="utf-8",
         )
         self.legacy_file.parent.mkdir(parents=True, exist_ok=True)
         _blank_png(self.legacy_file)
-        items = [
-            _scene_item(IMAGE, 1, 0, 0, 4.0),
-            _scene_item(LEGACY, 2, 640, 0, 4.0),
-        ] + [_scene_item(name, 3 + i, 0, 400 + 60 * i, 1.0) for i, name in enumerate(TEXTS)]
-        sources: list[dict[str, Any]] = [
-            {
-                "id": "scene",
-                "versioned_id": "scene",
-                "name": "Scene",
-                "settings": {"items": items, "id_counter": len(items), "custom_size": False},
-            },
-            {"id": "image_source", "versioned_id": "image_source", "name": IMAGE,
-             "settings": {"file": ""}},
-            {"id": "image_source", "versioned_id": "image_source", "name": LEGACY,
-             "settings": {"file": str(self.legacy_file)}},
-        ] + [
-            {"id": "text_ft2_source", "versioned_id": "text_ft2_source_v2", "name": name,
-             "settings": {"text": ""}}
-            for name in TEXTS
-        ]  # fmt: skip
-        script_settings = {
-            "host": f"ws://127.0.0.1:{self.link_port}",
-            "token": LINK_TOKEN,
-            "image_source": IMAGE,
-            "requester_source": TEXTS[0],
-            "prompt_source": TEXTS[1],
-            "status_source": TEXTS[2],
-            "approval_mode": "blur",
-            "grid": 1,
-            "save_images": True,
-        }
-        collection = {
-            "name": "Bench",
-            "current_scene": "Scene",
-            "current_program_scene": "Scene",
-            "scene_order": [{"name": "Scene"}],
-            "sources": sources,
-            "modules": {"scripts-tool": [{"path": str(probe), "settings": script_settings}]},
-        }
-        (conf / "basic" / "scenes" / "Bench.json").write_text(
-            json.dumps(collection), encoding="utf-8"
-        )
-        return home
-
-    # -- lifecycle ---------------------------------------------------------------------
-    def start(self, timeout: float = 60.0) -> Obs:
-        obs_bin = shutil.which("obs")
-        xvfb_bin = shutil.which("Xvfb")
-        if not obs_bin or not xvfb_bin:
-            raise RuntimeError("OBS Studio and Xvfb are needed (apt-get install obs-studio xvfb)")
-        home = self._write_config()
-        runtime = self.work / "runtime"
-        runtime.mkdir(mode=0o700, exist_ok=True)
-        read_fd, write_fd = os.pipe()
-        self.xvfb = subprocess.Popen(
-            [xvfb_bin, "-displayfd", str(write_fd), "-screen", "0", "1280x720x24",
-             "-nolisten", "tcp"],
-            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        os.close(write_fd)
-        display = b""
-        with os.fdopen(read_fd, "rb") as r:
-            while not display.endswith(b"\n"):
-                chunk = r.read(1)
-                if not chunk:
-                    break
-                display += chunk
-        if not display.strip():
-            raise RuntimeError("Xvfb did not start")
-        env = {
-            **os.environ,
-            "DISPLAY": f":{display.decode().strip()}",
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_RUNTIME_DIR": str(runtime),
-        }
-        env.pop("WAYLAND_DISPLAY", None)
-        self.proc = subprocess.Popen(
-            [obs_bin, "--collection", "Bench", "--scene", "Scene", "--profile", "Bench",
-             "--minimize-to-tray", "--multi", "--disable-updater",
-             "--disable-missing-files-check"],
-            env=env, cwd=str(self.work), stdout=(self.work / "obs.out").open("wb"),
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        self.client = self._connect(timeout)
+        super().start(timeout)
         self.version = str(getattr(self.client.get_version(), "obs_version", ""))
-        return self
-
-    def _connect(self, timeout: float) -> Any:
-        import logging
-
-        import obsws_python
-
-        logging.getLogger("obsws_python").setLevel(logging.CRITICAL)  # refusals while it starts
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"OBS exited early ({self.proc.returncode}); see obs.out")
-            try:
-                return obsws_python.ReqClient(
-                    host="127.0.0.1", port=self.ws_port, password="", timeout=10
-                )
-            except Exception as exc:  # noqa: BLE001 - not listening yet
-                last = exc
-                time.sleep(0.3)
-        raise RuntimeError(f"obs-websocket did not answer within {timeout:.0f}s: {last}")
 
     def probe(self) -> ProbeLog:
-        return self.log.poll()
-
-    def screenshot(self, source: str, size: int = SIZE) -> Any:
-        """The source as OBS renders it now, as a PIL image (RGB)."""
-        from PIL import Image
-
-        resp = self.client.get_source_screenshot(source, "png", size, size, -1)
-        data = resp.image_data.split(",", 1)[1]
-        return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            if self.client is not None:
-                self.client.base_client.ws.close()
-        for proc, sig in ((self.proc, signal.SIGINT), (self.xvfb, signal.SIGTERM)):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        return self.probe_log.poll()
 
 
 def _blank_png(path: Path) -> None:
@@ -628,7 +472,7 @@ class LegacyWriter:
         while seen is None and time.monotonic() < deadline and not self._stop.is_set():
             t0 = time.monotonic()
             try:
-                shot = self.obs.screenshot(LEGACY, want.width)
+                shot = self.obs.screenshot(LEGACY_IMAGE, want.width, want.height)
             except Exception:  # noqa: BLE001 - OBS busy or stopping: try again
                 shot = None
             t1 = time.monotonic()
@@ -779,12 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["host"]:
         return host_main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="12 requests instead of 50")
-    args = parser.parse_args(argv)
-    for row in run(args.quick):
-        print(f"{row['name']}: {row['value']:.2f} {row['unit']}  {row.get('detail', '')}")
-    return 0
+    return part_main(run, __doc__, "12 requests instead of 50", argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gc
 import io
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_chat_to_screen import LINK_TOKEN, Obs, median, percentile, wait_until
+from bench.report import part_main
 
 SECTION = "Steadiness"
 GROWTH_LIMIT = 5.0  # percent
@@ -220,12 +220,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="60 generations, shorter phases")
-    args = parser.parse_args(argv)
-    for row in run(args.quick):
-        print(f"{row['name']}: {row['value']:.2f} {row['unit']}  {row.get('detail', '')}")
-    return 0
+    return part_main(run, __doc__, "60 generations, shorter phases", argv)
 
 
 if __name__ == "__main__":

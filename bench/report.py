@@ -10,10 +10,12 @@ part that adds a key never breaks the report.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import re
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -299,3 +301,19 @@ def read_block(path: Path) -> str:
     if BEGIN not in text or END not in text:
         return ""
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+# ---- a part run on its own ----------------------------------------------------------------
+def part_main(
+    run: Callable[[bool], list[dict[str, Any]]],
+    doc: str | None,
+    quick_help: str,
+    argv: list[str] | None = None,
+) -> int:
+    """`python -m bench.<part> [--quick]`: run the part, print its rows (common shape)."""
+    parser = argparse.ArgumentParser(description=(doc or "").partition("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    for row in run(args.quick):
+        print(f"{row['name']}: {row['value']:.2f} {row['unit']}  {row.get('detail', '')}")
+    return 0

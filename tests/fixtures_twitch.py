@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from generator_host.settings import TwitchSettings
+from tests.reliability_helpers import RecordingTwitchServer
 from tests.twitch_server import TwitchServer
 
-__all__ = ["twitch_server", "twitch_settings", "until"]
+__all__ = ["server", "twitch_server", "twitch_settings", "until"]
 
 
 @pytest.fixture
@@ -22,6 +23,14 @@ def twitch_server() -> Iterator[TwitchServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[RecordingTwitchServer]:
+    """The reliability tests' server: `twitch_server` that also records deliveries."""
+    srv = RecordingTwitchServer("streamer").start()
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture

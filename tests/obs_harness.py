@@ -72,6 +72,7 @@ class ObsConfig:
     with_script: bool = True
     legacy_file: str = ""  # when set, add LEGACY_IMAGE watching this file
     extra_collections: int = 0  # copies of the collection, for reload-by-switching
+    script_file: str = ""  # when set, OBS loads this script (e.g. a probe) instead
     # OBS 29 runs python timers on its video tick; nothing else to tune here
 
 
@@ -109,7 +110,8 @@ def _scene_collection(cfg: ObsConfig, name: str, script_path: Path) -> dict[str,
     }
     scripts = []
     if cfg.with_script:
-        scripts.append({"path": str(script_path), "settings": dict(cfg.script_settings)})
+        path = cfg.script_file or str(script_path)
+        scripts.append({"path": path, "settings": dict(cfg.script_settings)})
     return {
         "name": name,
         "current_scene": SCENE,

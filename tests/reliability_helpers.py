@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.obs_harness import free_port  # noqa: F401 - the tests import it from here
 from tests.twitch_server import TwitchServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,12 +48,6 @@ def record(scenario: str, **figures: Any) -> None:
 
 
 # ---- processes and ports -------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a live process, in KiB, from /proc."""
     out: dict[str, int] = {}
@@ -314,30 +308,6 @@ class RecordingTwitchServer(TwitchServer):
 
         return self._call(_close())
 
-    def flood_async(
-        self, count: int, users: int, seconds: float, text: str, start_index: int = 0
-    ) -> asyncio.Future[Any]:
-        """Start a flood (like `flood`) without waiting; `text` gets `{i}`."""
-
-        async def _flood() -> None:
-            batches = max(1, int(seconds / 0.02))
-            per_batch = -(-count // batches)
-            start = time.monotonic()
-            for b in range(batches):
-                lines = []
-                for i in range(b * per_batch, min(count, (b + 1) * per_batch)):
-                    line, _ = self._privmsg_line(
-                        f"user{i % users}", text.format(i=start_index + i),
-                        msg_id="", badges="", tags=None,
-                    )  # fmt: skip
-                    lines.append(line)
-                if lines:
-                    await self._broadcast(lines)
-                pause = start + (b + 1) * seconds / batches - time.monotonic()
-                await asyncio.sleep(max(0.0, pause))
-
-        return asyncio.run_coroutine_threadsafe(_flood(), self._loop)
-
     def reconnect_with_chat(self, login: str, text: str) -> None:
         """RECONNECT and a chat line in one write, as Twitch may (it closes later)."""
         line, _ = self._privmsg_line(login, text, msg_id="", badges="", tags=None)
@@ -362,6 +332,7 @@ def obs_link_module() -> Any:
 
 
 def wait_until(predicate: Any, timeout: float, step: float = 0.02) -> bool:
+    """Poll `predicate` until true or `timeout` seconds passed; its last answer."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -49,13 +49,6 @@ from tests.requirements import require
 pytestmark = pytest.mark.model
 
 
-@pytest.fixture
-def server() -> Any:
-    srv = RecordingTwitchServer("streamer").start()
-    yield srv
-    srv.stop()
-
-
 def _state_queue(data_dir: Path) -> list[dict[str, Any]]:
     try:
         return json.loads((data_dir / "state.json").read_text())["queue"]

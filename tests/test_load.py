@@ -42,13 +42,6 @@ MAX_QUEUE = 50
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-@pytest.fixture
-def server() -> Any:
-    srv = RecordingTwitchServer("streamer").start()
-    yield srv
-    srv.stop()
-
-
 def max_in_window(times: list[float], window: float) -> int:
     times = sorted(times)
     best, start = 0, 0

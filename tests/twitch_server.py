@@ -157,6 +157,14 @@ class TwitchServer:
         """Send `count` PRIVMSGs from `users` viewers evenly over `seconds` (blocks until done)."""
         self._call(self._flood(count, users, seconds, text), timeout=seconds + 30)
 
+    def flood_async(
+        self, count: int, users: int, seconds: float, text: str, start_index: int = 0
+    ) -> asyncio.Future[None]:
+        """Start a flood (like `flood`) without waiting; `text` gets `{i}` from `start_index`."""
+        return asyncio.run_coroutine_threadsafe(
+            self._flood(count, users, seconds, text, start_index), self._loop
+        )
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -202,7 +210,9 @@ class TwitchServer:
                 with contextlib.suppress(ConnectionError):
                     await writer.drain()
 
-    async def _flood(self, count: int, users: int, seconds: float, text: str) -> None:
+    async def _flood(
+        self, count: int, users: int, seconds: float, text: str, start_index: int = 0
+    ) -> None:
         batches = max(1, int(seconds / 0.02))
         per_batch = -(-count // batches)
         start = time.monotonic()
@@ -210,8 +220,9 @@ class TwitchServer:
             lines = []
             for i in range(b * per_batch, min(count, (b + 1) * per_batch)):
                 line, _ = self._privmsg_line(
-                    f"user{i % users}", text.format(i=i), msg_id="", badges="", tags=None
-                )
+                    f"user{i % users}", text.format(i=start_index + i),
+                    msg_id="", badges="", tags=None,
+                )  # fmt: skip
                 lines.append(line)
             if lines:
                 await self._broadcast(lines)

@@ -319,6 +319,9 @@ class Engine:
             self.generate(params)
         except EngineError as exc:
             raise EngineError(f"the model loaded but could not generate: {exc}") from exc
+        # The first call pays one-time costs (allocation, kernel choice): its time would
+        # make batch 1 look slow and bias the micro-batching choice.
+        self._per_image.clear()
         log.info("warm-up took %.2f s", time.perf_counter() - started)
 
     # ----- parameters ----------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,13 @@ def shutdown_leaks(
 ) -> tuple[int, str]:
     """Start OBS, reload the script 20 times by switching collections, close it.
 
-    Returns (leak count at shutdown, log). OBS 29.0.2 itself sometimes hangs on exit
-    after many collection switches (seen with no script at all); such a run is
-    retried once, since it says nothing about the script.
+    Returns (leak count at shutdown, log). OBS 29.0.2 itself hangs on exit in about one
+    run in four when it is closed right after a collection switch (measured with no
+    script at all: 2 of 8 hung; with a 1 s pause before closing, 0 of 12). So it is given
+    that second, and a run that hangs anyway is retried, since it says nothing about the
+    script.
     """
-    for attempt in range(2):
+    for attempt in range(3):
         script = settings is not None
         with run_obs(root / f"try{attempt}", settings, extra_collections=1,
                      with_script=script) as obs:  # fmt: skip
@@ -155,6 +158,7 @@ def shutdown_leaks(
             if host is not None:
                 host.show(3, make_png(GREEN, 64), "dave", "after reloads")
                 wait_for(lambda: close_to(obs.center_pixel(), GREEN), what="image after reloads")  # noqa: B023
+            time.sleep(1.0)  # let OBS settle after the last switch (see the docstring)
             code = obs.stop(timeout=10)
             log = obs.log()
         if code != -signal.SIGKILL:
@@ -167,6 +171,7 @@ def test_reloading_twenty_times_leaves_no_thread_or_reference(tmp_path: Path) ->
     require(not obs_missing(), obs_missing())
     # OBS itself leaks one allocation per collection switch: measure that first.
     baseline, _ = shutdown_leaks(tmp_path / "baseline", None, None)
+    assert baseline >= 0, "OBS with no script hung on exit three times: no baseline"
     host = RunningLink()
     try:
         count, log = shutdown_leaks(

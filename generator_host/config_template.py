@@ -18,8 +18,9 @@ login = ""
 # OAuth token with chat:read and chat:write scopes. Better: leave this empty and set the
 # environment variable CHAT_DIFFUSION_TWITCH_TOKEN. This file is created readable by you alone.
 token = ""
-# Messages per 30 s the bot may send: 20 for a normal account, 100 if the bot is a moderator.
-send_limit = 20
+# Messages per send_window the bot may send. 0 follows Twitch by itself: 20, or 100 while
+# the bot account is a moderator or the broadcaster of the channel. A number fixes it.
+send_limit = 0
 send_window = 30.0
 # Twitch's chat server; change only for testing.
 host = "irc.chat.twitch.tv"

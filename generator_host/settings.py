@@ -45,6 +45,10 @@ def default_config_path() -> Path:
     return config_dir() / "config.toml"
 
 
+REGULAR_SEND_LIMIT = 20  # Twitch: messages per 30 s for a regular chatter
+ELEVATED_SEND_LIMIT = 100  # ... for a moderator or the broadcaster of the channel
+
+
 @dataclass
 class TwitchSettings:
     channel: str = ""
@@ -53,10 +57,18 @@ class TwitchSettings:
     host: str = "irc.chat.twitch.tv"
     port: int = 6697
     tls: bool = True
-    send_limit: int = 20  # messages per 30 s; 100 when the bot is a moderator
+    send_limit: int = 0  # messages per window; 0: automatic (see send_limit_for)
     send_window: float = 30.0
     reconnect_max_seconds: float = 60.0  # backoff after a drop doubles up to this
     max_pending_sends: int = 30  # replies waiting for the send limit; older ones are dropped
+
+    def send_limit_for(self, elevated: bool) -> int:
+        """Messages the bot may send per `send_window`: `send_limit` when set, else Twitch's
+        own limit, 100 while Twitch says the bot is a moderator or the broadcaster of the
+        channel (its USERSTATE), 20 otherwise. Twitch locks out an account that sends more."""
+        if self.send_limit:
+            return self.send_limit
+        return ELEVATED_SEND_LIMIT if elevated else REGULAR_SEND_LIMIT
 
 
 @dataclass
@@ -193,7 +205,7 @@ def _validate(settings: Settings) -> list[str]:
             lambda v: 1 <= len(v) <= 3 and v.isprintable() and " " not in v,
             "1 to 3 printable characters",
         ),
-        ("twitch", "send_limit", lambda v: 1 <= v <= 100, "between 1 and 100"),
+        ("twitch", "send_limit", lambda v: 0 <= v <= 100, "0 (automatic) or 1 to 100"),
         ("twitch", "send_window", lambda v: 1 <= v <= 600, "between 1 and 600"),
         ("twitch", "reconnect_max_seconds", lambda v: 1 <= v <= 3600, "between 1 and 3600"),
         ("twitch", "max_pending_sends", lambda v: 0 <= v <= 1000, "between 0 and 1000"),

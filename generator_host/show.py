@@ -36,12 +36,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from generator_host import commands as cmds
-from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved, Viewer
+from generator_host.chat.message import (
+    BotStatus,
+    ChatMessage,
+    MessageDeleted,
+    Role,
+    UserRemoved,
+    Viewer,
+)
 from generator_host.generation import Entry, GenerationParams, GenerationRequest, Requester
 from generator_host.moderation import MODE_NAMES, Moderator, load_blocklist, parse_mode
 from generator_host.settings import Settings
 
-# ---- events (besides ChatMessage / MessageDeleted / UserRemoved from chat/message.py) ----
+# ---- events (besides the chat events from chat/message.py) ----
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ Event = (
     ChatMessage
     | MessageDeleted
     | UserRemoved
+    | BotStatus
     | StreamerAction
     | SettingsChanged
     | GenerationStarted
@@ -226,6 +234,7 @@ class Show:
         self._window_start: float | None = None
         self._sent = 0
         self._refused = 0
+        self._bot_elevated = False  # the chat said the bot moderates: a bigger reply budget
         self._coalesced: dict[str, list[str]] = {}
         self._coalesced_count: dict[str, int] = {}
         self._status = ""
@@ -342,7 +351,7 @@ class Show:
     def _budget(self, staff: bool = False) -> int:
         """Replies per send window: a margin below Twitch's limit, and the last few kept
         for moderators and the broadcaster so a flood of viewers never mutes the streamer."""
-        total = max(1, self.settings.twitch.send_limit - 2)
+        total = max(1, self.settings.twitch.send_limit_for(self._bot_elevated) - 2)
         return total if staff else max(1, total - staff_reserved(total))
 
     def _send(
@@ -431,6 +440,9 @@ class Show:
             if msg_id == event.msg_id:
                 self._forget_entry(entry_id, out)
 
+    def _on_bot_status(self, event: BotStatus, out: list[Effect]) -> None:
+        self._bot_elevated = event.elevated
+
     def _on_removed(self, event: UserRemoved, out: list[Effect]) -> None:
         """CLEARCHAT (timeout or ban): the user's queued and running requests are dropped."""
         login = event.login.lower()
@@ -499,6 +511,7 @@ class Show:
         StreamerAction: _on_action,
         MessageDeleted: _on_deleted,
         UserRemoved: _on_removed,
+        BotStatus: _on_bot_status,
         SettingsChanged: _on_settings,
         GenerationStarted: _on_started,
         GenerationProgress: _on_progress,

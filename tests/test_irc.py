@@ -17,7 +17,7 @@ import pytest
 
 from generator_host.chat.console import ConsoleAdapter
 from generator_host.chat.irc import LoginFailed, TwitchAdapter
-from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved
+from generator_host.chat.message import BotStatus, ChatMessage, MessageDeleted, Role, UserRemoved
 from generator_host.files import write_private
 from generator_host.settings import Settings
 from generator_host.show import Display, Reply, Show
@@ -296,6 +296,36 @@ def test_send_limit_is_never_exceeded(twitch_server, twitch_settings):
     assert [s.line.rsplit(" ", 1)[1] for s in sent] == [str(i) for i in range(17)]  # in order
     assert _max_in_window([s.time for s in sent], 0.5) <= 5
     assert sent[-1].time - sent[0].time >= 1.5  # 17 messages need at least 3 full windows
+
+
+def test_the_send_limit_follows_the_bots_moderator_status(twitch_server, twitch_settings):
+    """Automatic limit: Twitch's 20 per 30 s, 100 while USERSTATE says the bot is a mod."""
+    settings = dataclasses.replace(twitch_settings, send_limit=0, max_pending_sends=100)
+    count = lambda: len(twitch_server.sent("PRIVMSG"))  # noqa: E731
+
+    async def main() -> list:
+        events: list = []
+        adapter = TwitchAdapter(settings)
+        task = await _start(adapter, events)
+        for i in range(25):
+            await adapter.say(f"message {i}")
+        assert await until(lambda: count() == 20)
+        await asyncio.sleep(0.3)
+        assert count() == 20  # a regular account: the rest wait for the window
+        twitch_server.bot_badges = "moderator/1"
+        twitch_server.userstate()  # the streamer typed /mod paintbot
+        assert await until(lambda: count() == 25), count()
+        twitch_server.bot_badges = ""
+        twitch_server.userstate()  # ... and /unmod paintbot
+        assert await until(lambda: adapter.limiter.limit == 20)
+        await adapter.say("one more")
+        await asyncio.sleep(0.3)
+        assert count() == 25  # 25 already went out in this window
+        await _stop(adapter, task)
+        return events
+
+    events = asyncio.run(main())
+    assert [e.elevated for e in events if isinstance(e, BotStatus)] == [True, False]
 
 
 def test_waiting_sends_are_bounded_oldest_dropped(twitch_server, twitch_settings):

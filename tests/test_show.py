@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generator_host import commands as cmds
-from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved, Viewer
+from generator_host.chat.message import (
+    BotStatus,
+    ChatMessage,
+    MessageDeleted,
+    Role,
+    UserRemoved,
+    Viewer,
+)
 from generator_host.generation import Entry
 from generator_host.moderation import Blocklist, Moderator
 from generator_host.settings import Settings, settings_from_dict
@@ -541,10 +548,25 @@ def test_a_flood_of_viewers_never_uses_the_replies_kept_for_moderators():
     for i in range(40):
         out += chat(show, f"u{i}", "!queue", now=1 + i * 0.01)
     viewer_replies = len(replies(out))
-    budget = show.settings.twitch.send_limit - 2
+    budget = show.settings.twitch.send_limit_for(False) - 2
     assert viewer_replies == budget - staff_reserved(budget)
     answer = replies(chat(show, "mod", "!queue", now=2, role=Role.MODERATOR))
     assert len(answer) == 1 and "waiting" in answer[0]
+
+
+def test_a_bot_that_moderates_gets_twitchs_bigger_reply_budget():
+    show = make(max_queue=1000, max_queued_per_user=100, user_cooldown_seconds=0)
+    show.handle(BotStatus(elevated=True, now=0.5))  # Twitch's USERSTATE: the bot is a mod
+    out = []
+    for i in range(150):
+        out += chat(show, f"u{i}", "!queue", now=1 + i * 0.01)
+    budget = 100 - 2  # Twitch allows a moderator 100 per 30 s; 2 kept as a margin
+    assert len(replies(out)) == budget - staff_reserved(budget)
+    show.handle(BotStatus(elevated=False, now=31))  # unmodded: back to 20 per window
+    out = []
+    for i in range(40):
+        out += chat(show, f"v{i}", "!queue", now=32 + i * 0.01)
+    assert len(replies(out)) == 18 - staff_reserved(18)
 
 
 def test_changed_blocklist_file_is_reloaded(tmp_path):
@@ -563,7 +585,7 @@ def test_all_replies_in_a_window_stay_under_the_send_limit():
     out = []
     for i in range(100):
         out += chat(show, f"u{i}", "!queue", now=i * 0.1)
-    assert len(replies(out)) <= show.settings.twitch.send_limit - 2
+    assert len(replies(out)) <= show.settings.twitch.send_limit_for(False) - 2
     assert replies(chat(show, "late", "!queue", now=31))
 
 

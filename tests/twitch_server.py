@@ -1,10 +1,12 @@
 """A local IRC server speaking Twitch's dialect, over a real socket, for the chat tests.
 
 It runs its own asyncio loop on a background thread, so a test drives it with plain calls
-(`privmsg`, `ping`, `reconnect`, `clearmsg`, `clearchat`, `notice`, `drop`, `flood`)
-while the adapter under test runs on the test's loop. It accepts PASS/NICK/CAP/JOIN like
-irc.chat.twitch.tv, can refuse the login or drop the connection right after it, and
-records every line the bot sent with the time it arrived (`received`).
+(`privmsg`, `ping`, `reconnect`, `clearmsg`, `clearchat`, `notice`, `drop`, `flood`,
+`userstate`) while the adapter under test runs on the test's loop. It accepts
+PASS/NICK/CAP/JOIN like irc.chat.twitch.tv, answers JOIN and each PRIVMSG of the bot with a
+USERSTATE carrying the bot's badges (`bot_badges`: "moderator/1" makes it a moderator),
+can refuse the login or drop the connection right after it, and records every line the
+bot sent with the time it arrived (`received`).
 
 Tag values are escaped here by its own code, not the project's, so a shared bug cannot
 hide on both sides.
@@ -60,6 +62,7 @@ class TwitchServer:
         self.refuse_login = refuse_login  # "" | "auth" | "format"
         self.expected_token = expected_token
         self.drop_after_login = 0  # the next N logins are dropped right after the welcome
+        self.bot_badges = ""  # the bot's badges in its USERSTATE ("moderator/1", ...)
         self.ssl_context = ssl_context
         self.received: list[Sent] = []
         self.logins: list[float] = []
@@ -120,6 +123,18 @@ class TwitchServer:
         line, msg_id = self._privmsg_line(login, text, msg_id=msg_id, badges=badges, tags=tags)
         self.send_raw(line)
         return msg_id
+
+    def userstate(self) -> None:
+        """The bot's USERSTATE with the current `bot_badges` (as after a /mod or /unmod)."""
+        self.send_raw(self._userstate_line(""))
+
+    def _userstate_line(self, nick: str) -> str:
+        mod = "1" if "moderator" in self.bot_badges else "0"
+        return (
+            f"@badge-info=;badges={self.bot_badges};color=;display-name={nick};emote-sets=0;"
+            f"mod={mod};subscriber=0;user-type={'mod' if mod == '1' else ''} "
+            f":{HOST} USERSTATE #{self.channel}"
+        )
 
     def ping(self) -> None:
         self.send_raw(f"PING :{HOST}")
@@ -285,11 +300,12 @@ class TwitchServer:
                         f":{nick}!{nick}@{nick}.{HOST} JOIN {chan}",
                         f":{nick}.{HOST} 353 {nick} = {chan} :{nick}",
                         f":{nick}.{HOST} 366 {nick} {chan} :End of /NAMES list",
-                        f"@badge-info=;badges=;color=;display-name={nick};emote-sets=0;mod=0;"
-                        f"subscriber=0;user-type= :{HOST} USERSTATE {chan}",
+                        self._userstate_line(nick),
                         f"@emote-only=0;followers-only=-1;r9k=0;room-id=1;slow=0;subs-only=0 "
                         f":{HOST} ROOMSTATE {chan}",
                     )
+                elif command == "PRIVMSG":
+                    send(self._userstate_line(nick))
                 elif command == "PING":
                     send(f":{HOST} PONG {HOST} :{line.partition(':')[2] or HOST}")
                 await writer.drain()

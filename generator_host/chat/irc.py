@@ -14,8 +14,9 @@ PING; on RECONNECT joins on a new connection at once while still reading the old
 (Twitch delivers on it until it closes it), then retires the old one, delivering each chat
 line once by its `id` tag; after a drop reconnects with
 exponential backoff (with jitter); raises `LoginFailed` on Twitch's login NOTICEs; sends
-through a limiter that never lets more than `send_limit` messages out in any
-`send_window`; drops the oldest waiting reply when too many pile up. The token is never
+through a limiter that never lets more than Twitch's limit out in any `send_window` (20,
+or 100 while USERSTATE says the bot is a moderator or the broadcaster; or a fixed
+`send_limit`); drops the oldest waiting reply when too many pile up. The token is never
 logged or shown in a repr.
 """
 
@@ -31,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from generator_host.chat import ircparse
-from generator_host.chat.message import ChatEvent
+from generator_host.chat.message import BotStatus, ChatEvent, Role
 from generator_host.settings import TwitchSettings
 
 log = logging.getLogger("generator_host.chat.irc")
@@ -131,9 +132,11 @@ class TwitchAdapter:
         self.handover_grace = handover_grace
         self.handover_max = handover_max
         self.clock = clock
-        self.limiter = SendLimiter(settings.send_limit, settings.send_window)
+        self.elevated = False  # Twitch's USERSTATE says the bot moderates the channel
+        self.limiter = SendLimiter(settings.send_limit_for(False), settings.send_window)
         self._pending: deque[str] = deque()
         self._wake = asyncio.Event()
+        self._limit_changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._conns: set[_Connection] = set()  # open: the current one and any being retired
         self._retiring: set[asyncio.Task[None]] = set()
@@ -276,6 +279,8 @@ class TwitchAdapter:
             self._joined(conn)
         elif cmd == "RECONNECT":
             return True
+        elif cmd == "USERSTATE":
+            self._userstate(line, on_event)
         elif cmd == "NOTICE" and any(f in line.trailing.lower() for f in LOGIN_FAILURES):
             raise LoginFailed(
                 f"Twitch refused the login for {self.login!r}: {line.trailing!r}. "
@@ -302,6 +307,27 @@ class TwitchAdapter:
         self.connected.set()
         event, self._join_event = self._join_event, asyncio.Event()
         event.set()
+
+    def _userstate(self, line: ircparse.Line, on_event: Callable[[ChatEvent], None]) -> None:
+        """Twitch sends USERSTATE on JOIN and after each message we send: follow the bot's
+        moderator status (modded or unmodded mid-stream) with the send limit."""
+        elevated = ircparse.role_from_tags(line.tags) >= Role.MODERATOR
+        if elevated == self.elevated:
+            return
+        self.elevated = elevated
+        self.limiter.limit = max(1, self.settings.send_limit_for(elevated))
+        self._limit_changed.set()
+        log.info(
+            "the bot is %s in #%s: it sends up to %d messages per %g s",
+            "a moderator" if elevated else "not a moderator",
+            self.channel,
+            self.limiter.limit,
+            self.settings.send_window,
+        )
+        try:
+            on_event(BotStatus(elevated=elevated, now=self.clock()))
+        except Exception:  # the host's bug must not cut the chat
+            log.exception("handling the bot's status failed")
 
     def _deliver(self, line: ircparse.Line, on_event: Callable[[ChatEvent], None]) -> None:
         """Pass a chat line on as an event, once per `id` tag (the same line may come on
@@ -437,8 +463,10 @@ class TwitchAdapter:
                 await self._wake.wait()
                 continue
             delay = self.limiter.delay(self.clock())
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if delay > 0:  # wait for the window, or for a raised limit (the bot was modded)
+                self._limit_changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._limit_changed.wait(), delay)
                 continue
             line = self._pending.popleft()
             now = self.clock()

@@ -56,4 +56,13 @@ class UserRemoved:
     now: float = 0.0
 
 
-ChatEvent = ChatMessage | MessageDeleted | UserRemoved
+@dataclass(frozen=True)
+class BotStatus:
+    """Twitch said (USERSTATE) whether the bot is a moderator or the broadcaster in the
+    channel, which sets how many messages it may send."""
+
+    elevated: bool
+    now: float = 0.0
+
+
+ChatEvent = ChatMessage | MessageDeleted | UserRemoved | BotStatus

@@ -279,15 +279,13 @@ def _replace(args: GenerateArgs, **changes: int | None) -> GenerateArgs:
 
 def parse_slideshow(args: str) -> float | str | None:
     """`!slideshow 20` -> 20.0, `off` -> 0.0, empty -> None (toggle); str = refusal reason."""
-    text = args.strip().lower().rstrip("s")
-    if not text:
+    text = args.strip().lower()
+    if text in ("", "on", "start", "yes"):
         return None
     if text in ("off", "stop", "0", "no"):
         return 0.0
-    if text in ("on", "start", "yes"):
-        return None
     try:
-        seconds = float(text)
+        seconds = float(text.removesuffix("s"))
     except ValueError:
         return "use !slideshow <seconds> or !slideshow off"
     if not 3 <= seconds <= 3600:

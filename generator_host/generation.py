@@ -6,7 +6,6 @@ generates), the gallery (which stores) and the link (which shows). No I/O here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,13 +22,6 @@ class GenerationParams:
     height: int = 64
     seed: int = 0
     count: int = 1  # images in the grid: 1, 4, 9 or rows*cols
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """(rows, cols) of the grid: ceil(sqrt n) columns, as few rows as fit."""
-        cols = math.ceil(math.sqrt(self.count))
-        rows = math.ceil(self.count / cols)
-        return rows, cols
 
     def seeds(self) -> list[int]:
         """One seed per image: consecutive from `seed`, so each tile is reproducible alone."""

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from generator_host.chat.message import Role, Viewer
+from generator_host.commands import parse_role
 from generator_host.settings import ModerationSettings
 
 _LOOKALIKE = str.maketrans(
@@ -134,24 +135,20 @@ def load_blocklist(path: str = "") -> tuple[Blocklist, list[str]]:
     return Blocklist.from_lines(text.splitlines())
 
 
+_MODE_WORDS = {
+    "open": Role.EVERYONE,
+    "off": Role.EVERYONE,
+    "subonly": Role.SUBSCRIBER,
+    "modonly": Role.MODERATOR,
+}
+
+
 def parse_mode(text: str) -> Role | None:
-    """Who may request images: everyone, subscribers (and up) or moderators (and up)."""
-    return {
-        "everyone": Role.EVERYONE,
-        "all": Role.EVERYONE,
-        "open": Role.EVERYONE,
-        "off": Role.EVERYONE,
-        "subscriber": Role.SUBSCRIBER,
-        "subscribers": Role.SUBSCRIBER,
-        "sub": Role.SUBSCRIBER,
-        "subs": Role.SUBSCRIBER,
-        "subonly": Role.SUBSCRIBER,
-        "moderator": Role.MODERATOR,
-        "moderators": Role.MODERATOR,
-        "mod": Role.MODERATOR,
-        "mods": Role.MODERATOR,
-        "modonly": Role.MODERATOR,
-    }.get(text.strip().lower())
+    """Who may request images: everyone, subscribers (and up) or moderators (and up).
+    Role words as `commands.parse_role` reads them, plus a few mode words."""
+    key = text.strip().lower()
+    role = _MODE_WORDS.get(key, parse_role(key))
+    return role if role in MODE_NAMES else None
 
 
 MODE_NAMES = {
@@ -170,19 +167,28 @@ class Moderator:
         if blocklist is None:
             blocklist, self.problems = load_blocklist(settings.blocklist_file)
         self.blocklist = blocklist
-        self.mode = parse_mode(settings.mode) or Role.EVERYONE
-        self.exempt = parse_mode(settings.exempt_role) or Role.MODERATOR
+        self._blocklist_file = settings.blocklist_file
+        mode = parse_mode(settings.mode)
+        self.mode = Role.EVERYONE if mode is None else mode
+        exempt = parse_role(settings.exempt_role)  # Role.EVERYONE is 0: no `or` here
+        self.exempt = Role.MODERATOR if exempt is None else exempt
         self.ignored_extra: set[str] = set()
         self.unignored: set[str] = set()
         self._ignored_cfg: frozenset[str] = frozenset()
         self._last_request: dict[str, float] = {}
         self.refresh()
 
-    def refresh(self) -> None:
-        """Re-read the settings the streamer may change while live (ignored users)."""
+    def refresh(self) -> list[str]:
+        """Re-read the settings the streamer may change while live: ignored users, and the
+        blocklist when its file changed. Returns the problems found."""
         self._ignored_cfg = frozenset(
             u.strip().lstrip("@").lower() for u in self.settings.ignored_users
         )
+        if self.settings.blocklist_file == self._blocklist_file:
+            return []
+        self._blocklist_file = self.settings.blocklist_file
+        self.blocklist, problems = load_blocklist(self._blocklist_file)
+        return problems
 
     def is_ignored(self, login: str) -> bool:
         if login in self.ignored_extra:
@@ -244,7 +250,8 @@ class Moderator:
     def restore(self, state: dict[str, object]) -> None:
         mode = state.get("mode")
         if isinstance(mode, str):
-            self.mode = parse_mode(mode) or self.mode
+            restored = parse_mode(mode)
+            self.mode = self.mode if restored is None else restored
         for key, target in (("ignored", self.ignored_extra), ("unignored", self.unignored)):
             values = state.get(key)
             if isinstance(values, list):

@@ -45,8 +45,9 @@ from generator_host.chat.message import (
     Viewer,
 )
 from generator_host.generation import Entry, GenerationParams, GenerationRequest, Requester
-from generator_host.moderation import MODE_NAMES, Moderator, load_blocklist, parse_mode
+from generator_host.moderation import MODE_NAMES, Moderator, parse_mode
 from generator_host.settings import Settings
+from obs_script import chat_diffusion_protocol as protocol
 
 # ---- events (besides the chat events from chat/message.py) ----
 
@@ -179,7 +180,7 @@ def staff_reserved(budget: int) -> int:
 
 
 STATE_VERSION = 1
-_STREAMER_ACTIONS = ("approve", "clear", "prev", "next", "slideshow", "terminate", "cancel")
+_STREAMER_ACTIONS = protocol.ACTIONS  # what an OBS button or hotkey may ask
 
 
 @dataclass
@@ -207,7 +208,6 @@ class Show:
     ) -> None:
         self.settings = settings
         self.moderator = moderator or Moderator(settings.moderation)
-        self._blocklist_file = settings.moderation.blocklist_file
         self.problems: list[str] = list(self.moderator.problems)
         self._rng = random.Random(rng_seed)
         self._queues: dict[str, deque[GenerationRequest]] = {}
@@ -315,12 +315,12 @@ class Show:
         self._aliases, problems = cmds.build_aliases(show.aliases)
         self._roles, more = cmds.build_roles(show.command_roles)
         self.problems += [p for p in problems + more if p not in self.problems]
-        self._min_display = max(0.0, getattr(show, "min_display_seconds", 0.0))
+        self._min_display = max(0.0, show.min_display_seconds)
         if show.slideshow_seconds != self._slideshow_setting:
             self._slideshow_setting = show.slideshow_seconds
             self._slideshow = max(0.0, show.slideshow_seconds)
         model = self.settings.model
-        count = max(1, min(show.grid, getattr(model, "max_images", show.grid)))
+        count = max(1, min(show.grid, model.max_images))
         self._limits = cmds.Limits(
             max_steps=model.max_steps, max_size=model.max_size, max_count=count
         )
@@ -328,11 +328,7 @@ class Show:
     def _on_settings(self, event: SettingsChanged, out: list[Effect]) -> None:
         self._reread_settings()
         self._slideshow_next = event.now + self._slideshow
-        self.moderator.refresh()
-        if self.settings.moderation.blocklist_file != self._blocklist_file:
-            self._blocklist_file = self.settings.moderation.blocklist_file
-            self.moderator.blocklist, problems = load_blocklist(self._blocklist_file)
-            self.problems += problems
+        self.problems += self.moderator.refresh()
 
     # ---- replies within the send budget ----------------------------------------------------
     def _roll_window(self, now: float, out: list[Effect]) -> None:
@@ -617,14 +613,9 @@ class Show:
             ctx.out.append(CancelGeneration(request.id))
             self._enqueue(request, front=True)
         self._running = []
-        if not ctx.streamer:
-            self._send(
-                ctx.out,
-                "Chat Diffusion is stopping. Bye!",
-                ctx.msg_id,
-                refusal=False,
-                coalesce_key="",
-            )
+        self._send(
+            ctx.out, "Chat Diffusion is stopping. Bye!", ctx.msg_id, refusal=False, coalesce_key=""
+        )
         self._terminated = True
         ctx.out.append(Shutdown())
 
@@ -686,8 +677,6 @@ class Show:
         if target != ctx.viewer.login and ctx.viewer.role < Role.MODERATOR:
             self._refuse(ctx, "you can only cancel your own request")
             return
-        if ctx.streamer and not ctx.args:
-            target = self._running[0].requester.login if self._running else ""
         queue = self._queues.get(target)
         if queue and target == ctx.viewer.login:
             dropped = queue[-1]
@@ -736,7 +725,7 @@ class Show:
             )
             return
         mode = parse_mode(ctx.args.split()[0])
-        if mode is None or mode not in MODE_NAMES:
+        if mode is None:
             self._refuse(ctx, f"use {self._prefix}mode everyone, subscribers or moderators")
             return
         self.moderator.mode = mode
@@ -1007,7 +996,7 @@ class Show:
             parts.append(f"{self._queued} queued")
         if self._deck:
             wait = max(1, math.ceil(self._shown_at + self._min_display - now))
-            ready = f"{len(self._deck)} ready" if len(self._deck) > 1 else "1 ready"
+            ready = f"{len(self._deck)} ready"
             parts.append(f"{ready}, next picture in {wait} s")
         text = ", ".join(parts) or f"ready for {self._prefix}generate"
         if text != self._status:
@@ -1055,7 +1044,8 @@ class Show:
             self._cursor = (
                 cursor if isinstance(cursor, int) and 0 <= cursor < len(self._history) else None
             )
-            self._browse = int(state.get("browse", -1))
+            browse = int(state.get("browse", -1))
+            self._browse = browse if -1 <= browse < len(self._history) else -1
             self._slideshow = float(state.get("slideshow", self._slideshow))
             self._avg_seconds = float(state.get("avg_seconds", self._avg_seconds))
             self._counter = int(state.get("counter", 0))

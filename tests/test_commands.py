@@ -72,6 +72,7 @@ def test_options_are_checked_against_caps():
 def test_slideshow_arguments():
     assert cmds.parse_slideshow("20") == 20.0
     assert cmds.parse_slideshow("20s") == 20.0
+    assert cmds.parse_slideshow("yes") is None  # toggles, like "on" (its "s" is no unit)
     assert cmds.parse_slideshow("off") == 0.0
     assert cmds.parse_slideshow("") is None
     assert "3-3600" in cmds.parse_slideshow("1")

@@ -113,6 +113,19 @@ def test_modes_and_ignored_users():
     assert restored.mode == Role.SUBSCRIBER
 
 
+def test_every_role_word_works_for_the_exempt_role_and_everyone_survives_a_restart():
+    def mod(**values: str) -> Moderator:
+        return Moderator(ModerationSettings(**values), Blocklist())
+
+    assert mod(exempt_role="everyone").exempt == Role.EVERYONE  # 0, not "unset"
+    assert mod(exempt_role="vip").exempt == Role.VIP
+    assert mod(exempt_role="broadcaster").exempt == Role.BROADCASTER
+    assert mod().exempt == Role.MODERATOR
+    opened = mod(mode="subscribers")
+    opened.restore({"mode": "everyone"})  # a !mode everyone made before the restart
+    assert opened.mode == Role.EVERYONE
+
+
 def test_forced_negative_prompt_is_always_added():
     mod = Moderator(ModerationSettings(forced_negative_prompt="nsfw, gore"), Blocklist())
     assert mod.negative_prompt("") == "nsfw, gore"

@@ -601,9 +601,8 @@ def test_streamer_actions_act_as_the_broadcaster_and_answer_on_the_status_line()
     assert show.handle(StreamerAction("clear", now=4)) == [Display(None)]
     assert show.handle(StreamerAction("slideshow", "8", now=5)) == [Status("slideshow every 8 s")]
     assert show.handle(StreamerAction("explode", now=6)) == [Status("unknown action 'explode'")]
-    chat(show, "a", "!generate x")
-    assert of(show.handle(StreamerAction("cancel", now=7)), CancelGeneration)
-    assert of(show.handle(StreamerAction("terminate", now=8)), Shutdown)
+    # OBS offers only the protocol's actions: it can never stop the host or drop a request
+    assert show.handle(StreamerAction("terminate", now=7)) == [Status("unknown action 'terminate'")]
 
 
 def test_settings_changed_rereads_prefix_and_grid():
@@ -646,6 +645,12 @@ def test_damaged_state_is_not_fatal():
     show = Show(s, {"version": 1, "queue": [{"id": "x"}], "history": "nonsense"})
     assert show.problems and show.queued == 0
     assert show.handle(Tick(0)) == [Status("ready for !generate")]
+    # a browse position past the saved history must not make !prev raise
+    one = with_images(1, ["shown"]).snapshot()
+    show = Show(
+        s, {**one, "cursor": None, "browse": 7}, moderator=Moderator(s.moderation, Blocklist())
+    )
+    assert of(chat(show, "m", "!prev", Role.MODERATOR), Display) == [Display(1)]
 
 
 # ---- hostile chat never raises ------------------------------------------------------------------

@@ -165,8 +165,10 @@ class Host:
             elif isinstance(effect, show_mod.Display):
                 await self._display(effect.entry_id, effect.reveal)
             elif isinstance(effect, show_mod.Approve):
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self.gallery.approve, effect.entry_id)
+                # under the display lock: the Display(reveal) that follows must see it approved
+                async with self._display_lock:
+                    loop = asyncio.get_running_loop()
+                    await loop.run_in_executor(None, self.gallery.approve, effect.entry_id)
             elif isinstance(effect, show_mod.Reply):
                 await self.chat.say(effect.text, effect.reply_to)
             elif isinstance(effect, show_mod.Status):
@@ -260,11 +262,13 @@ class Host:
         # on an older picture.
         async with self._display_lock:
             await self._display_now(entry_id, reveal)
+            if self.gallery.legacy_folder is not None:
+                # for set-ups without the script: stream.png and texts, after OBS's frame
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self.gallery.publish_legacy, entry_id, reveal)
 
     async def _display_now(self, entry_id: int | None, reveal: bool) -> None:
         loop = asyncio.get_running_loop()
-        # For set-ups without the script: stream.png and texts, when configured.
-        loop.run_in_executor(None, self.gallery.publish_legacy, entry_id, reveal)
         if entry_id is None:
             self.on_screen = None
             await self._broadcast(protocol.make_clear())

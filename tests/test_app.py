@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from generator_host.app import Host
-from generator_host.chat.message import ChatMessage, Viewer
+from generator_host.chat.message import ChatMessage, Role, Viewer
 from generator_host.gallery import Gallery
 from generator_host.settings import Settings
+from obs_script import chat_diffusion_protocol as protocol
 from tests.fixtures_model import make_tiny_engine, tiny_settings
 
 pytestmark = pytest.mark.model
@@ -220,3 +221,27 @@ def test_cancel_inside_a_running_batch_drops_only_that_picture(
     assert [e.requester.lower() for e in host.show.history] == ["ann", "bob", "dee"]
     assert sorted(e.requester.lower() for e in host.gallery.recent(10)) == ["ann", "bob", "dee"]
     assert any("cancelled" in line for line in host.chat.said)
+
+
+def test_approve_puts_the_held_picture_on_screen_unfiltered(make_host: Any) -> None:
+    """!approve through the real host, gallery and engine: the held placeholder is replaced
+    by the picture itself (the approval runs under the display lock, so the display that
+    follows it always sees the picture approved)."""
+    host = make_host(max_batch=1, min_display=0.0)
+    boss = Viewer("boss", "Boss", role=Role.BROADCASTER)
+
+    def shows() -> list[dict[str, Any]]:
+        return [f for _, f in host.frames if f["type"] == "show"]
+
+    async def scenario() -> None:
+        # the strictest offset, as the OBS slider sends it: every picture is flagged
+        host.on_link_message(protocol.make_settings(threshold_offset=1.0, approval_mode="hold"))
+        for attempt in range(3):
+            say(host, "ann", f"!generate a fox {attempt}")
+            await until(lambda: len(shows()) == 2 * attempt + 1)  # noqa: B023
+            assert shows()[-1]["held"]
+            host.on_chat(ChatMessage(boss, "!approve", f"ok-{attempt}", time.monotonic()))
+            await until(lambda: len(shows()) == 2 * attempt + 2)  # noqa: B023
+            assert not shows()[-1]["held"] and not shows()[-1]["blurred"]
+
+    run_scenario(host, scenario)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -129,3 +130,24 @@ def test_demo_second_start_is_quick(tmp_path: Path, demo_cache: Path) -> None:
             proc.wait(timeout=60)
     assert ready < 15, f"second start took {ready:.1f}s"
     assert any("Model ready" in line for line in lines)
+
+
+@pytest.mark.parametrize("how", ["!terminate", "Ctrl-C"])
+def test_demo_stops_at_once_while_the_terminal_is_still_open(
+    tmp_path: Path, demo_cache: Path, how: str
+) -> None:
+    """Nobody presses Enter after !terminate or Ctrl-C: the demo must not wait for a line."""
+    proc, lines = start_demo(tmp_path, demo_cache)
+    try:
+        wait_for(lines, r"^Ready\.", 120)
+        assert proc.stdin is not None
+        if how == "!terminate":
+            proc.stdin.write("!terminate\n")
+            proc.stdin.flush()
+        else:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)  # stdin stays open all the while (before: forever)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, "\n".join(lines)

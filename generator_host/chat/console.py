@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -47,9 +48,22 @@ class ConsoleAdapter:
         )
 
     async def run(self, on_event: Callable[[ChatEvent], None]) -> None:
+        """Lines are read on a daemon thread of their own: a read waiting on the terminal
+        must not keep the program alive after !terminate or Ctrl-C (a read on the loop's
+        executor would: asyncio.run waits for that thread until Enter is pressed)."""
         loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str] = asyncio.Queue()
+
+        def read() -> None:
+            for line in itertools.chain(iter(self._stdin.readline, ""), [""]):
+                try:
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+                except RuntimeError:  # the loop is gone: the program is ending
+                    return
+
+        threading.Thread(target=read, name="console-input", daemon=True).start()
         while not self._closed:
-            line = await loop.run_in_executor(None, self._stdin.readline)
+            line = await lines.get()
             if not line:  # end of input
                 return
             event = self.to_event(line)

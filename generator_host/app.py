@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from generator_host import show as show_mod
+from generator_host.chat.irc import LoginFailed
 from generator_host.chat.message import ChatEvent
+from generator_host.engine import EngineError
 from generator_host.files import write_atomic
 from generator_host.generation import Entry, GenerationRequest
 from generator_host.settings import Settings
@@ -64,6 +66,7 @@ class Host:
         self._cancel_flags: dict[str, threading.Event] = {}
         self._state_dirty = False
         self._display_lock = asyncio.Lock()
+        self._stop_reason = "host is shutting down"
         self._state_save_failing = False
         self._state_saved = b""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +88,9 @@ class Host:
         self._state_dirty = True
         await asyncio.sleep(0.2)
         self._state_dirty = False
+        await self._write_state()
+
+    async def _write_state(self) -> None:
         data = json.dumps(self.show.snapshot()).encode()
         if data == self._state_saved:
             return  # ticks change nothing most of the time: spare the disk
@@ -112,10 +118,6 @@ class Host:
         for effect in effects:
             asyncio.ensure_future(self._execute(effect))
         asyncio.ensure_future(self._save_state_soon())
-
-    def feed_threadsafe(self, event: Any) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.feed, event)
 
     def on_chat(self, event: ChatEvent) -> None:
         self.feed(event)
@@ -174,7 +176,7 @@ class Host:
             elif isinstance(effect, show_mod.Status):
                 await self._status(effect.text)
             elif isinstance(effect, show_mod.Shutdown):
-                await self._broadcast(protocol.make_bye("the host was terminated from chat"))
+                self._stop_reason = "the host was terminated from chat"  # link.stop says bye
                 self.stopped.set()
             else:
                 log.warning("unknown effect %r", effect)
@@ -242,7 +244,7 @@ class Host:
     def _outcome_event(self, request: GenerationRequest, outcome: Any) -> Any:
         """GenerationFinished for a stored entry, else GenerationFailed with a chat-fit reason."""
         if isinstance(outcome, BaseException):
-            if type(outcome).__name__ not in ("EngineError", "Cancelled", "OutOfMemory"):
+            if not isinstance(outcome, EngineError):  # Cancelled, OutOfMemory: expected
                 log.error("generation %s failed", request.id, exc_info=outcome)
             reason = str(outcome) or type(outcome).__name__
             return show_mod.GenerationFailed(request.id, reason=reason, now=time.monotonic())
@@ -344,11 +346,9 @@ class Host:
         chat_task.cancel()
         with contextlib.suppress(Exception):
             await self.chat.close()
-        data = json.dumps(self.show.snapshot()).encode()
-        with contextlib.suppress(OSError):
-            write_atomic(self.home / STATE_FILE, data)
-        await self.link.stop()
+        await self.link.stop(self._stop_reason)
         self.worker.shutdown(wait=True, cancel_futures=True)
+        await self._write_state()  # last, after every task that could change the show
         return self.exit_code
 
     async def _drain(self) -> None:
@@ -363,8 +363,7 @@ class Host:
 def _exit_code_for(exc: BaseException) -> int:
     from generator_host.cli import EXIT_ENGINE, EXIT_LOGIN
 
-    name = type(exc).__name__
-    if name == "LoginFailed":
+    if isinstance(exc, LoginFailed):
         print(f"Twitch login failed: {exc}", file=sys.stderr)
         return EXIT_LOGIN
     log.error("chat connection ended: %s", exc)
@@ -393,7 +392,10 @@ def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any,
     token_path = token_dir / "link-token"
     token = settings.link.token or load_or_create_token(token_path)
     print(f"Gallery folder: {gallery_dir}")
-    print(f"OBS link token file: {token_path} (the OBS script on this computer reads it)")
+    if settings.link.token:
+        print("OBS link token: from the config file (give it to the OBS script)")
+    else:
+        print(f"OBS link token file: {token_path} (the OBS script on this computer reads it)")
     engine = _load_engine(settings)
     return engine, gallery, token
 
@@ -411,7 +413,8 @@ def _serve(settings: Settings, home: Path, token_dir: Path, chat: Any) -> int:
         def ready(h: Host) -> None:
             print(
                 f"OBS link listening on port {h.link.port} "
-                f"(script address ws://{settings.link.host}:{h.link.port})",
+                f"(script address {'wss' if settings.link.tls_cert else 'ws'}://"
+                f"{settings.link.host}:{h.link.port})",
                 flush=True,
             )
             print("Ready.", flush=True)

@@ -139,8 +139,6 @@ class LinkServer:
         """
         if not self._clients:
             return
-        if "v" not in msg:
-            msg = {"v": protocol.VERSION, **msg}
         text = await self._encode(msg)
         if text is None:
             return

@@ -53,7 +53,7 @@ ELEVATED_SEND_LIMIT = 100  # ... for a moderator or the broadcaster of the chann
 class TwitchSettings:
     channel: str = ""
     login: str = ""  # the bot account's login; defaults to the channel
-    token: str = ""  # prefer the env var CHAT_DIFFUSION_TWITCH_TOKEN
+    token: str = field(default="", repr=False)  # better: env CHAT_DIFFUSION_TWITCH_TOKEN
     host: str = "irc.chat.twitch.tv"
     port: int = 6697
     tls: bool = True
@@ -130,7 +130,7 @@ class ModerationSettings:
 class LinkSettings:
     host: str = "127.0.0.1"
     port: int = 8765
-    token: str = ""  # empty: generated on first run into the data folder
+    token: str = field(default="", repr=False)  # empty: generated into the data folder
     tls_cert: str = ""
     tls_key: str = ""
 

@@ -101,3 +101,13 @@ def test_run_without_channel_explains_what_to_do(tmp_path: Path) -> None:
     result = _cli("run", "--config", str(path), env={"CHAT_DIFFUSION_TWITCH_TOKEN": ""})
     assert result.returncode == 2
     assert "No Twitch channel configured" in result.stderr
+
+
+def test_tokens_never_show_in_a_repr_of_the_settings() -> None:
+    """A settings object in a log line or a traceback must not carry the secrets along."""
+    settings = Settings()
+    settings.twitch.token = "twitch-secret-123"
+    settings.link.token = "link-secret-456"
+    shown = repr(settings)
+    assert "twitch-secret-123" not in shown and "link-secret-456" not in shown
+    assert "channel=" in shown  # the rest still shows

@@ -35,6 +35,19 @@ inst = _load()
 PIN = f"torch=={inst.TORCH_VERSION}"
 
 
+def test_the_package_pins_the_torch_the_installer_installs() -> None:
+    """A plain `pip install -e .` must not pull another (multi-GB) torch build."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch = [d for d in deps if d.startswith("torch")]
+    assert f"{PIN}; sys_platform != 'darwin' or platform_machine != 'x86_64'" in torch
+    assert all(d.startswith(PIN) or "platform_machine == 'x86_64'" in d for d in torch)
+
+
 # ----------------------------------------------------------------- choose_torch
 
 

@@ -44,9 +44,17 @@ def is_flagged(scores: SafetyScores, offset: float = 0.0) -> bool:
     return any(np.round(np.float32(score) + adjustment, 3) > 0 for score in scores.concept)
 
 
-def worst_score(scores: SafetyScores) -> float:
-    """The highest concept score: how close an image came to being flagged at offset 0."""
-    return max(scores.concept) if scores.concept else float("-inf")
+def embeddings(checker: Any, feature_extractor: Any, images: list[Any]) -> Any:
+    """The checker's projected CLIP embeddings of PIL images, one row each: what every
+    verdict compares with the concepts (and what the tests plant concepts from)."""
+    import torch
+
+    with torch.no_grad():
+        pixels = feature_extractor(
+            [img.convert("RGB") for img in images], return_tensors="pt"
+        ).pixel_values
+        pixels = pixels.to(checker.device, checker.dtype)
+        return checker.visual_projection(checker.vision_model(pixels)[1])
 
 
 class SafetyJudge:
@@ -96,12 +104,7 @@ class SafetyJudge:
 
         checker = self.checker
         with self._lock, torch.no_grad():
-            pixels = self.feature_extractor(
-                [img.convert("RGB") for img in images], return_tensors="pt"
-            ).pixel_values
-            pixels = pixels.to(checker.device, checker.dtype)
-            pooled = checker.vision_model(pixels)[1]
-            embeds = checker.visual_projection(pooled)
+            embeds = embeddings(checker, self.feature_extractor, images)
             special_cos = cosine_distance(embeds, checker.special_care_embeds).cpu().float().numpy()
             concept_cos = cosine_distance(embeds, checker.concept_embeds).cpu().float().numpy()
             special_thr = [w.item() for w in checker.special_care_embeds_weights]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import random
@@ -24,12 +25,12 @@ from typing import Any, Protocol, TextIO
 
 from generator_host import safety_report as rep
 from generator_host.generation import SafetyScores
+from generator_host.safety import CONCEPTS, SPECIAL_CARE
 from generator_host.settings import Settings, data_dir
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SAFE_WORDS = {"safe", "sfw", "0", "false", "no", "ok", "benign"}
 UNSAFE_WORDS = {"unsafe", "nsfw", "1", "true", "yes", "bad"}
-N_CONCEPT, N_SPECIAL = 17, 3
 SCORES_CSV, SKIPPED_CSV, RUN_JSON, REPORT_MD = "scores.csv", "skipped.csv", "run.json", "report.md"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECKER, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
 
@@ -65,8 +66,8 @@ class Scored:
     label: str
     scores: SafetyScores
 
-    @property
-    def flag_offset(self) -> float:
+    @functools.cached_property
+    def flag_offset(self) -> float:  # a search: computed once per image, used by each output
         return rep.flag_offset(self.scores)
 
 
@@ -261,8 +262,8 @@ def _duration(seconds: float) -> str:
 
 SCORE_FIELDS = (
     ["path", "label", "flag_offset", "flagged_at_yours"]
-    + [f"concept_{i}" for i in range(N_CONCEPT)]
-    + [f"special_{i}" for i in range(N_SPECIAL)]
+    + [f"concept_{i}" for i in range(CONCEPTS)]
+    + [f"special_{i}" for i in range(SPECIAL_CARE)]
 )
 
 
@@ -293,7 +294,7 @@ def read_scores_csv(path: Path) -> list[Scored]:
                 nums = [float(v) for v in row[4:]]
             except ValueError:
                 continue
-            out.append(Scored(row[0], row[1], SafetyScores(nums[:N_CONCEPT], nums[N_CONCEPT:])))
+            out.append(Scored(row[0], row[1], SafetyScores(nums[:CONCEPTS], nums[CONCEPTS:])))
     return out
 
 

@@ -18,7 +18,6 @@ from generator_host.safety import SPECIAL_CARE_ADJUSTMENT, is_flagged
 
 SAFE = "safe"
 UNSAFE = "unsafe"
-SPECIAL_CARE_BONUS = SPECIAL_CARE_ADJUSTMENT  # added to concepts after a special-care hit
 ROUNDING = 0.0005  # scores are rounded to 3 decimals before "> 0", as stock diffusers does
 DEFAULT_TARGETS = (0.10, 0.05, 0.01, 0.0)
 OFFSET_MIN, OFFSET_MAX = -1.0, 1.0  # the range settings accept for threshold_offset
@@ -31,7 +30,7 @@ def flag_offset(scores: SafetyScores) -> float:
     The verdict rises monotonically with the offset and depends only on the top concept
     and top special-care score, so a closed form gives the threshold to within float32
     rounding: concepts alone flag above ROUNDING - max(concept); a special-care hit (above
-    ROUNDING - max(special)) adds SPECIAL_CARE_BONUS to the concept scores. A short
+    ROUNDING - max(special)) adds SPECIAL_CARE_ADJUSTMENT to the concept scores. A short
     bisection with `is_flagged` itself then pins it to the exact float64 boundary, so the
     sweep agrees with the live verdict at every offset, not just nearly.
     """
@@ -41,7 +40,7 @@ def flag_offset(scores: SafetyScores) -> float:
     alone = ROUNDING - top.concept[0]
     guess = alone
     if top.special:
-        guess = min(alone, max(ROUNDING - top.special[0], alone - SPECIAL_CARE_BONUS))
+        guess = min(alone, max(ROUNDING - top.special[0], alone - SPECIAL_CARE_ADJUSTMENT))
     return _bisect_boundary(lambda o: is_flagged(top, o), guess)
 
 

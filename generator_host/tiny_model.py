@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from generator_host import settings
+from generator_host.safety import CONCEPTS, SPECIAL_CARE
 
 log = logging.getLogger(__name__)
 
@@ -234,21 +235,18 @@ def _randomise_concepts(checker: Any, seed: int) -> None:
         for layer in vision.encoder.layers:
             layer.self_attn.q_proj.weight.mul_(27.0)
             layer.self_attn.k_proj.weight.mul_(27.0)
-        checker.concept_embeds.copy_(torch.randn(17, PROJECTION_DIM, generator=gen))
-        checker.special_care_embeds.copy_(torch.randn(3, PROJECTION_DIM, generator=gen))
+        checker.concept_embeds.copy_(torch.randn(CONCEPTS, PROJECTION_DIM, generator=gen))
+        checker.special_care_embeds.copy_(torch.randn(SPECIAL_CARE, PROJECTION_DIM, generator=gen))
         checker.concept_embeds_weights.fill_(CONCEPT_THRESHOLD)
         checker.special_care_embeds_weights.fill_(CONCEPT_THRESHOLD)
 
 
 def image_embedding(checker: Any, feature_extractor: Any, image: Any) -> Any:
-    """The checker's projected CLIP embedding of one PIL image (1-D float32 tensor)."""
-    import torch
+    """The checker's projected CLIP embedding of one PIL image (1-D float32 tensor),
+    computed exactly as the verdict computes it."""
+    from generator_host.safety import embeddings
 
-    with torch.no_grad():
-        pixels = feature_extractor([image], return_tensors="pt").pixel_values
-        pixels = pixels.to(checker.device, checker.dtype)
-        pooled = checker.vision_model(pixels)[1]
-        return checker.visual_projection(pooled)[0].float().cpu()
+    return embeddings(checker, feature_extractor, [image])[0].float().cpu()
 
 
 def plant_concept(

@@ -241,8 +241,8 @@ def _read_config(settings: Any) -> dict[str, Any]:
     }
     for key, default in DEFAULT_SOURCES.items():
         cfg[key] = (obs.obs_data_get_string(settings, key) or "").strip() or default
-    if not cfg["token"] and link_mod.is_local_address(cfg["host"]):
-        cfg["token"] = link_mod.read_local_token()  # host on this computer: its token file
+    # An empty token with a local host is kept empty: the link thread reads the host's
+    # token file at every connect attempt, so a file written later is picked up too.
     return cfg
 
 
@@ -344,16 +344,16 @@ def _restart_link() -> None:
     if not _websocket_ready():
         _set_connection("websocket-client is missing (see the description)", False)
         return
-    if not cfg["token"]:
-        _set_connection(
-            "no token: start the host on this computer, or copy its link token into Token",
-            False,
-        )
-        return
     try:
         link_mod.parse_address(cfg["host"])
     except ValueError as exc:
         _set_connection(str(exc), False)
+        return
+    if not cfg["token"] and not link_mod.is_local_address(cfg["host"]):
+        # A host on this computer needs none: the link thread waits for its token file.
+        _set_connection(
+            "no token: copy the link token from the host's token file into Token", False
+        )
         return
     name = f"OBS {obs.obs_get_version_string()} on {socket.gethostname()}"
     S.link = link_mod.LinkClient(cfg["host"], cfg["token"], name, IMAGE_DIR)

@@ -20,7 +20,6 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +41,10 @@ STALE_SECONDS = 3600.0  # other processes' files older than this are cleaned on 
 
 class Refused(Exception):
     """The host refused us for a reason only the streamer can fix (token, version)."""
+
+
+class NoToken(Exception):
+    """No token set, and the host's token file on this computer is not there (yet)."""
 
 
 def default_token_path(platform: str = "", env: Any = None, home: str = "") -> str:
@@ -111,30 +114,46 @@ class ImageStore:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.prefix = f"show-{os.getpid()}-"
+        self.prefix = f"show-{os.getpid()}-"  # this process's files: show-<pid>-<seq>-<entry>
         self._seq = 0
         self._mine: list[str] = []
 
-    def clean_stale(self, now: float | None = None) -> None:
-        """Remove other runs' old images (not the newest: a source may still show it)."""
-        now = time.time() if now is None else now
+    def clean_stale(self) -> None:
+        """Remove old images; runs on the link thread (file work stays off OBS's thread).
+
+        This process's files that this store does not keep (left by earlier stores: link
+        restarts, script reloads) go now; other processes' (another OBS using this folder)
+        only when over STALE_SECONDS old. The newest file stays, as a source may still
+        show it; when it is this process's, this store adopts it, so it is pruned like
+        its own as new images come. Numbering goes on after the highest number seen, so
+        no new image reuses the name of one OBS still shows.
+        """
+        now = time.time()
         try:
             names = [n for n in os.listdir(self.folder) if n.startswith("show-")]
         except OSError:
             return
-        paths = [os.path.join(self.folder, n) for n in names]
-        try:
-            newest = max(paths, key=os.path.getmtime) if paths else ""
-        except OSError:
-            newest = ""
-        for path in paths:
-            if path == newest or os.path.basename(path).startswith(self.prefix):
+        mtimes: dict[str, float] = {}
+        for name in names:
+            path = os.path.join(self.folder, name)
+            with contextlib.suppress(OSError):
+                mtimes[path] = os.path.getmtime(path)
+        newest = max(mtimes, key=mtimes.__getitem__, default="")
+        for path, mtime in mtimes.items():
+            name = os.path.basename(path)
+            ours = name.startswith(self.prefix)
+            if ours:
+                seq = name[len(self.prefix) :].split("-", 1)[0]
+                self._seq = max(self._seq, int(seq) if seq.isdigit() else 0)
+            if path in self._mine:
                 continue
-            try:
-                if now - os.path.getmtime(path) > STALE_SECONDS or path.endswith(".tmp"):
+            if path == newest:
+                if ours and not name.endswith(".tmp"):
+                    self._mine.insert(0, path)
+                continue
+            if ours or name.endswith(".tmp") or now - mtime > STALE_SECONDS:
+                with contextlib.suppress(OSError):
                     os.remove(path)
-            except OSError:
-                pass
 
     def write(self, png: bytes, entry_id: int) -> str:
         os.makedirs(self.folder, exist_ok=True)
@@ -185,25 +204,14 @@ class LinkClient:
     `status` is a one-line human description of the connection.
     """
 
-    def __init__(
-        self,
-        address: str,
-        token: str,
-        client_name: str,
-        image_dir: str,
-        log: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, address: str, token: str, client_name: str, image_dir: str) -> None:
         self.address = address
-        self.token = token
+        self.token = token  # "" with a local address: read the host's token file
         self.client_name = client_name
         self.images = ImageStore(image_dir)
         self.inbox: queue.Queue = queue.Queue()
         self.status = "not started"
         self.connected = False
-        # By default log lines travel through the inbox, so OBS prints them on its own
-        # thread, attributed to this script.
-        self._log = log or (lambda line: self.inbox.put({"type": "log", "text": line}))
-        self._last_logged = ""
         self._outbox: list[dict[str, Any]] = []
         self._settings: dict[str, Any] | None = None
         self._sent: dict[str, Any] | None = None  # the settings the host has
@@ -219,7 +227,6 @@ class LinkClient:
     # --- called from OBS's threads --------------------------------------------------------
 
     def start(self) -> None:
-        self.images.clean_stale()
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> bool:
@@ -238,9 +245,6 @@ class LinkClient:
             for s in (self._wake_r, self._wake_w):
                 s.close()
         return not alive
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
 
     def send(self, msg: dict[str, Any]) -> bool:
         """Queue a message for the host; False (dropped) while not connected."""
@@ -272,15 +276,44 @@ class LinkClient:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
 
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _log(self, line: str) -> None:
+        """Log lines travel through the inbox: OBS prints them on its own thread."""
+        self.inbox.put({"type": "log", "text": line})
+
     def _set_status(self, text: str, connected: bool = False) -> None:
+        if text != self.status:  # one line per change, never a line per retry
+            self._log(text)
         self.status = text
         self.connected = connected
-        if text != self._last_logged:  # one line per change, never a line per retry
-            self._last_logged = text
-            self._log(text)
         self.inbox.put({"type": "link", "text": text, "connected": connected})
 
+    def _token(self) -> str:
+        """The token for this attempt: the panel's, else the host's file on this computer.
+
+        Read at every attempt, so a file the host writes after OBS started (its first
+        run) or writes anew (the streamer deleted it) is picked up without a click.
+        """
+        if self.token:
+            return self.token
+        if not is_local_address(self.address):
+            raise NoToken("no token: copy the host's link token into Token")
+        token = read_local_token()
+        if not token:
+            raise NoToken(
+                f"no token yet: the host's token file {default_token_path()} is not there "
+                "yet; start the host on this computer (or copy its token into Token)"
+            )
+        return token
+
     def _run(self) -> None:
+        self.images.clean_stale()
         backoff = BACKOFF_FIRST
         try:
             url, _, _, _ = parse_address(self.address)
@@ -291,12 +324,16 @@ class LinkClient:
             self._kick.clear()
             wait = backoff
             try:
-                ws = self._connect()
+                ws = self._connect(self._token())
                 backoff = BACKOFF_FIRST
                 self._session(ws)
             except Refused as exc:
                 self._set_status(f"refused by the host: {exc}")
                 wait = REFUSED_WAIT
+            except NoToken as exc:
+                if str(exc) != self.status:
+                    self._set_status(str(exc))
+                backoff = min(BACKOFF_MAX, backoff * 2)
             except Exception as exc:  # noqa: BLE001 - every failure means: retry later
                 if self._stop.is_set():
                     break
@@ -319,20 +356,42 @@ class LinkClient:
                 sock.close()
 
     def _tcp_connect(self, host: str, port: int) -> socket.socket:
-        """A TCP connection that stop() can interrupt (select on the wake-up socket)."""
+        """A TCP connection to the first of the host's addresses that answers.
+
+        Every address getaddrinfo gives is tried in turn ("localhost" may be ::1 first
+        while the host listens on 127.0.0.1 only); the last failure is raised.
+        """
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, kind, proto, _, addr = infos[0]
+        error = OSError(f"no address found for {host}")
+        for family, kind, proto, _, addr in infos:
+            try:
+                return self._tcp_connect_to(family, kind, proto, addr)
+            except OSError as exc:
+                self._close_socket()
+                if self._stop.is_set() or self._kick.is_set():
+                    raise
+                error = exc
+        raise error
+
+    def _tcp_connect_to(self, family: int, kind: int, proto: int, addr: Any) -> socket.socket:
+        """One TCP connect that stop() can interrupt (select on the wake-up socket)."""
         sock = socket.socket(family, kind, proto)
         self._sock = sock
         sock.setblocking(False)
         err = sock.connect_ex(addr)
         if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, 10035):
             raise OSError(err, os.strerror(err))
-        _, ready, _ = select.select([self._wake_r], [sock], [sock], CONNECT_TIMEOUT)
-        if self._stop.is_set() or self._kick.is_set():
-            raise OSError("stopped")
-        if not ready:
-            raise OSError("connection timed out")
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OSError("connection timed out")
+            _, ready, failed = select.select([self._wake_r], [sock], [sock], left)
+            if self._stop.is_set() or self._kick.is_set():
+                raise OSError("stopped")
+            if ready or failed:
+                break
+            self._drain_wake()  # a settings change or a click: not a reason to give up
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -340,7 +399,7 @@ class LinkClient:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
-    def _connect(self) -> Any:
+    def _connect(self, token: str) -> Any:
         url, host, port, tls = parse_address(self.address)
         sock = self._tcp_connect(host, port)
         sock.settimeout(CONNECT_TIMEOUT)
@@ -350,9 +409,10 @@ class LinkClient:
         ws = websocket.WebSocket(skip_utf8_validation=False, enable_multithread=True)
         _cap_frames(ws, protocol.MAX_HOST_FRAME)
         ws.connect(url, socket=sock, suppress_origin=True, timeout=CONNECT_TIMEOUT)
-        hello = protocol.encode(protocol.make_hello(self.token, self.client_name), "script")
+        hello = protocol.encode(protocol.make_hello(token, self.client_name), "script")
         if hello.error or hello.text is None:
-            raise Refused(f"the token in the script settings is not usable ({hello.error})")
+            where = "the script settings" if self.token else default_token_path()
+            raise Refused(f"the token in {where} is not usable ({hello.error})")
         ws.send(hello.text)
         with self._lock:  # the host reads these once it has checked the hello
             self._sent = self._settings
@@ -384,11 +444,7 @@ class LinkClient:
             else:
                 readable, _, _ = select.select([sock, self._wake_r], [], [], 1.0)
             if self._wake_r in readable:
-                try:
-                    while self._wake_r.recv(4096):
-                        pass
-                except OSError:
-                    pass
+                self._drain_wake()
             self._flush(ws)
             if sock not in readable:
                 continue

@@ -45,7 +45,6 @@ SCRIPT_TYPES = ("hello", "settings", "action", "error")
 CLOSE_NO_HELLO = 4000
 CLOSE_BAD_TOKEN = 4001
 CLOSE_BAD_VERSION = 4002
-CLOSE_GOING_AWAY = 1001
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -302,13 +301,9 @@ def encode(message: Any, sender: str) -> Encoded:
     """Validate a Python-form message from `sender` and turn it into a JSON frame."""
     allowed, limit = _sender_types(sender)
     try:
-        checked, err = _validate(message, allowed, wire=False)
+        checked, err = _validate(message, allowed, wire=False)  # images come back base64
         if err or checked is None:
             return Encoded(None, err)
-        if checked["type"] == "show":
-            checked["image"] = _png_bytes(message["image"])[0]
-        elif checked["type"] == "state" and checked["show"] is not None:
-            checked["show"]["image"] = _png_bytes(message["show"]["image"])[0]
         text = json.dumps(checked, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except Exception as exc:  # noqa: BLE001
         return Encoded(None, f"cannot encode message ({type(exc).__name__}: {exc})")

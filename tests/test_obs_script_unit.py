@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import sys
 import threading
 import time
@@ -83,7 +84,9 @@ class Runner:
 
 
 @pytest.fixture
-def fake_obs(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOBS]:
+def fake_obs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeOBS]:
+    # The host's token file lives in a fresh data folder: never the real user's one.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     fake = FakeOBS()
     fake.add_source(IMAGE, "image_source", file="")
     for name in (REQUESTER, PROMPT, STATUS):
@@ -103,6 +106,11 @@ def runner(fake_obs: FakeOBS, tmp_path: Path) -> Iterator[Runner]:
     r.unload()
     assert fake_obs.leaks() == []
     assert fake_obs.foreign_thread_calls() == []
+
+
+def token_file(tmp_path: Path) -> Path:
+    """Where the host writes its link token, with the data folder the fixture set."""
+    return tmp_path / "xdg-data" / "chat-diffusion" / "link-token"
 
 
 def link_threads() -> list[threading.Thread]:
@@ -340,9 +348,134 @@ def test_source_pickers_list_sources_of_the_right_kind(runner: Runner) -> None:
     assert runner.fake.leaks() == []
 
 
-def test_without_a_token_the_panel_says_what_to_do(runner: Runner) -> None:
+def test_without_a_token_the_panel_says_what_to_do(runner: Runner, tmp_path: Path) -> None:
+    # host on this computer, its token file not written yet: the link waits for the file
     mod = runner.load(token="")
-    assert "no token" in mod.S.connection and link_threads() == []
+    runner.pump(lambda: "not there yet" in mod.S.connection)
+    assert "no token" in mod.S.connection and str(token_file(tmp_path)) in mod.S.connection
+    assert len(link_threads()) == 1
+    assert text_of(runner.fake, STATUS) == "Chat Diffusion: waiting for the host"
+    runner.unload()
+    # host elsewhere: nothing to wait for, the streamer must paste the token
+    mod = runner.load(host="ws://192.0.2.7:8765", token="")
+    assert "no token" in mod.S.connection and "Token" in mod.S.connection
+    assert link_threads() == []
+
+
+def test_the_token_file_is_picked_up_once_the_host_has_written_it(
+    runner: Runner, link_server: RunningLink, tmp_path: Path
+) -> None:
+    """OBS opened before the host's first run: no field to edit, no button to press."""
+    mod = runner.load(host=link_server.url, token="")
+    runner.pump(lambda: "not there yet" in mod.S.connection)
+    path = token_file(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(LINK_TOKEN + "\n")
+    runner.pump(runner.connected, timeout=5)
+    assert link_server.next_message("settings")["grid"] == 1
+
+
+def test_restarts_in_one_process_leave_only_the_kept_images(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    link_mod = importlib.import_module("chat_diffusion_link")
+    src = runner.fake.sources[IMAGE]
+    names: set[str] = set()
+    for i in range(5):  # five script reloads, each a new link and image store
+        link_server.show(10 * i + 1, make_png((i, 0, 0)), "a", f"round {i}")
+        runner.load(host=link_server.url, token=LINK_TOKEN)
+        runner.pump(lambda: text_of(runner.fake, PROMPT) == f"round {i}")  # noqa: B023
+        names.add(os.path.basename(src.settings["file"]))
+        link_server.show(10 * i + 2, make_png((i, 1, 0)), "a", f"again {i}")
+        runner.pump(lambda: text_of(runner.fake, PROMPT) == f"again {i}")  # noqa: B023
+        names.add(os.path.basename(src.settings["file"]))
+        runner.unload()
+    assert len(names) == 10  # every image under a new name
+    left = os.listdir(runner.image_dir)
+    assert len(left) <= link_mod.KEEP_IMAGES, left
+    assert os.path.basename(src.settings["file"]) in left  # the one on screen stays
+
+
+def test_localhost_connects_when_it_resolves_to_ipv6_first(
+    runner: Runner, link_server: RunningLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'localhost' may give ::1 first while the host listens on 127.0.0.1 only."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "localhost":
+            return real(host, port, *args, **kwargs)
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", ("::1", port, 0, 0))
+        return [v6, *real("127.0.0.1", port, *args, **kwargs)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    runner.load(host=f"ws://localhost:{link_server.port}", token=LINK_TOKEN)
+    runner.pump(runner.connected, timeout=4)
+
+
+class SlowHandshake:
+    """A TCP port in front of `port` whose handshake takes about a second, as over a
+    real network: its accept queue is full, so the kernel drops the first SYN."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.fillers = []
+        for _ in range(3):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", self.port))
+            self.fillers.append(s)
+        time.sleep(0.1)
+        self.filler_ports = {s.getsockname()[1] for s in self.fillers}
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        time.sleep(0.3)  # the script's SYN arrives while the queue is still full
+        while True:
+            try:
+                conn, peer = self.listener.accept()
+            except OSError:
+                return
+            self.open.append(conn)
+            if peer[1] in self.filler_ports:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.open.append(upstream)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for s in [self.listener, *self.fillers, *self.open]:
+            s.close()
+
+
+def test_a_slow_tcp_handshake_still_connects_at_the_first_attempt(
+    runner: Runner, link_server: RunningLink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pending wake-up (the settings are queued before the first connect) must not cut
+    the connect short: over a real network every attempt would fail at once."""
+    slow = SlowHandshake(link_server.port)
+    try:
+        runner.load(host=f"ws://127.0.0.1:{slow.port}", token=LINK_TOKEN)
+        runner.pump(runner.connected, timeout=6)
+        log = capsys.readouterr().out
+        assert "connected to" in log and "not reachable" not in log, log
+    finally:
+        slow.close()
 
 
 def test_missing_websocket_client_explains_the_install(

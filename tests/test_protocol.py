@@ -57,6 +57,18 @@ def test_state_carries_screen_and_status_or_nothing_on_screen() -> None:
     assert empty["show"] is None and empty["status"] is None
 
 
+def test_images_are_base64_once_on_the_wire_and_the_message_is_left_as_it_was() -> None:
+    import base64
+
+    image = png()
+    show = p.make_show(5, image, "dora", "a boat")
+    state = p.make_state(show, None)
+    wire_show = json.loads(p.encode(show, "host").text or "")
+    wire_state = json.loads(p.encode(state, "host").text or "")
+    assert wire_show["image"] == wire_state["show"]["image"] == base64.b64encode(image).decode()
+    assert show["image"] is image and state["show"]["image"] is image  # caller's dict kept
+
+
 def test_script_messages_roundtrip() -> None:
     assert roundtrip(p.make_hello("tok", "OBS test"), "script")["token"] == "tok"
     s = roundtrip(p.make_settings(0.0125, 4, "hold", 30.0, False), "script")

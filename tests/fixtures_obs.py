@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.requirements import require
+
 __all__ = ["RunningLink", "make_png", "make_cert", "link_server", "LINK_TOKEN"]
 
 LINK_TOKEN = "test-token-1234567890"
@@ -31,13 +33,12 @@ def make_png(color: tuple[int, int, int], size: int = 16) -> bytes:
 
 
 def make_cert(folder: Any) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1 (cert, key); skips without openssl."""
+    """A self-signed certificate for 127.0.0.1 (cert, key); needs openssl (require())."""
     import shutil
     import subprocess
     from pathlib import Path
 
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available to make a test certificate")
+    require(shutil.which("openssl") is not None, "openssl is not installed")
     cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

@@ -1,4 +1,4 @@
-"""The benchmark command's own smoke tests: fast, no OBS, no model.
+"""The benchmark command's own smoke tests: fast, no OBS; only the engine one needs the tiny model.
 
 The report written to docs/benchmarks.md must be exactly what the command prints, re-runs
 replace only the generated block, and `python -m bench --quick` runs end to end on the
@@ -150,19 +150,20 @@ def test_unknown_part_is_refused() -> None:
         parse_only("engin")
 
 
-def test_engine_bench_rounds_and_tiny_vae_swap_run_on_the_cpu(tmp_path: Path) -> None:
+@pytest.mark.model
+def test_engine_bench_rounds_and_tiny_vae_swap_run_on_the_cpu(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     """The CUDA rows' code (rounds alternating the full and the tiny VAE) on the tiny model."""
-    pytest.importorskip("diffusers")
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
     from bench import bench_engine as be
     from generator_host.generation import GenerationParams
-    from generator_host.tiny_model import build_tiny_model
 
     be._quiet()
     assert be.devices()[0] == be.CPU and be.CPU.full_size_batch == 2
     pipe = StableDiffusionPipeline.from_pretrained(
-        build_tiny_model(tmp_path / "tiny"), safety_checker=None, requires_safety_checker=False
+        tiny_model_dir, safety_checker=None, requires_safety_checker=False
     )
     pipe.set_progress_bar_config(disable=True)
     like_cuda = be.Device(

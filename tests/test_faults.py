@@ -391,10 +391,8 @@ def test_full_disk_still_shows_the_image_and_logs_once(
     from generator_host import gallery as gallery_mod
 
     monkeypatch.setattr(gallery_mod, "write_atomic", _full_disk)
-    if what == "whole disk":  # the host's own state file too, whatever its writer is named
-        for name in ("write_atomic", "_atomic_write"):
-            if hasattr(app_mod, name):
-                monkeypatch.setattr(app_mod, name, _full_disk)
+    if what == "whole disk":  # the host's own state file too (raises if app renames its writer)
+        monkeypatch.setattr(app_mod, "write_atomic", _full_disk)
     caplog.set_level(logging.INFO)
 
     async def scenario() -> list[dict[str, Any]]:
@@ -436,6 +434,10 @@ def test_full_disk_still_shows_the_image_and_logs_once(
     assert all(s["image"].startswith(b"\x89PNG") for s in shows)
     kinds = Counter(r.name for r in disk_errors)
     assert kinds and all(n == 1 for n in kinds.values()), [r.getMessage() for r in disk_errors]
+    expected = {"generator_host.gallery"} | (
+        {"generator_host.app"} if what == "whole disk" else set()
+    )
+    assert set(kinds) == expected, [r.getMessage() for r in disk_errors]  # each full write seen
 
 
 # ---- OBS restarted while the host runs (real OBS) ---------------------------------------------

@@ -12,6 +12,7 @@ import logging
 import os
 import ssl
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -152,15 +153,22 @@ def test_oversize_frames_close_only_that_connection(link: RunningLink) -> None:
 
 
 def test_a_failing_host_callback_does_not_drop_the_script(link: RunningLink) -> None:
+    called = threading.Event()
+
     def boom(msg: dict) -> None:
+        called.set()
         raise RuntimeError("host bug")
 
     link.server._on_message = boom
     ws = connect(link.url)
     recv(ws)
     ws.send(p.encode(p.make_action("clear"), "script").text)
+    assert called.wait(5), "the host callback was never called"  # it has raised by now
     link.broadcast(p.make_clear())
     assert recv(ws)["type"] == "clear"
+    link.server._on_message = link.received.put  # and the script's next action still arrives
+    ws.send(p.encode(p.make_action("next"), "script").text)
+    assert link.received.get(timeout=5)["action"] == "next"
     ws.close()
 
 

@@ -54,7 +54,8 @@ warmup = true
 max_steps = 50
 max_size = 1024
 max_guidance = 20.0
-# Images one request may ask for (count=...); the grid setting is the default.
+# The most images one request may make: count=... may ask for up to the smaller of this
+# and [show] grid (the OBS panel's grid).
 max_images = 9
 # Memory savers for small GPUs.
 attention_slicing = false

@@ -212,7 +212,6 @@ class Show:
         self._rng = random.Random(rng_seed)
         self._queues: dict[str, deque[GenerationRequest]] = {}
         self._turns: deque[str] = deque()  # round-robin order of viewers with queued requests
-        self._queued = 0
         self._running: list[GenerationRequest] = []  # the run (one request or a batch)
         self._running_since = 0.0
         self._run_timed = False  # the run's time went into the average already
@@ -273,7 +272,8 @@ class Show:
 
     @property
     def queued(self) -> int:
-        return self._queued
+        """Requests waiting (not running): counted from the queues, never kept by hand."""
+        return sum(map(len, self._queues.values()))
 
     @property
     def running(self) -> GenerationRequest | None:
@@ -303,7 +303,7 @@ class Show:
         rounds = [list(self._queues[login]) for login in self._turns]
         out: list[GenerationRequest] = []
         depth = 0
-        while len(out) < self._queued:
+        while len(out) < self.queued:
             out += [reqs[depth] for reqs in rounds if len(reqs) > depth]
             depth += 1
         return out
@@ -340,7 +340,7 @@ class Show:
         for key, names in list(self._coalesced.items()):
             extra = self._coalesced_count[key] - len(names)
             who = " ".join(f"@{n}" for n in names) + (f" (+{extra} more)" if extra > 0 else "")
-            self._send(out, f"{who}: {key}", "", refusal=True, coalesce_key="")
+            self._send(out, f"{who}: {key}", "", refusal=True)
         self._coalesced.clear()
         self._coalesced_count.clear()
 
@@ -355,11 +355,12 @@ class Show:
         out: list[Effect],
         text: str,
         reply_to: str,
-        refusal: bool,
-        coalesce_key: str,
+        refusal: bool = False,
+        coalesce_key: str = "",
         name: str = "",
         staff: bool = False,
     ) -> None:
+        """One chat message within the send budget; a refusal past its cap is coalesced."""
         refusal_cap = min(self.settings.show.refusal_replies, self._budget())
         if self._sent < self._budget(staff) and (not refusal or self._refused < refusal_cap):
             self._sent += 1
@@ -378,22 +379,21 @@ class Show:
         if ctx.streamer:
             ctx.out.append(Status(text))
             return
-        prefix = "" if ctx.msg_id else f"@{ctx.viewer.name} "
         staff = ctx.viewer.role >= Role.MODERATOR
-        self._send(ctx.out, prefix + text, ctx.msg_id, refusal=False, coalesce_key="", staff=staff)
+        self._reply(ctx.out, ctx.viewer.name, text, ctx.msg_id, staff=staff)
 
     def _refuse(self, ctx: _Ctx, reason: str, key: str = "") -> None:
         """Answer a refusal with its reason; past the budget it is coalesced by `key`."""
         if ctx.streamer:
             ctx.out.append(Status(reason))
             return
-        prefix = "" if ctx.msg_id else f"@{ctx.viewer.name} "
         key = key or _coalesce_key(reason)
-        self._send(ctx.out, prefix + reason, ctx.msg_id, True, key, name=ctx.viewer.name)
+        name = ctx.viewer.name
+        self._reply(ctx.out, name, reason, ctx.msg_id, refusal=True, coalesce_key=key, name=name)
 
-    def _announce(self, out: list[Effect], login_name: str, text: str, reply_to: str) -> None:
-        prefix = "" if reply_to else f"@{login_name} "
-        self._send(out, prefix + text, reply_to, refusal=False, coalesce_key="")
+    def _reply(self, out: list[Effect], to: str, text: str, reply_to: str, **how: Any) -> None:
+        """An answer to viewer `to`: threaded to their message when there is one, else @to."""
+        self._send(out, text if reply_to else f"@{to} {text}", reply_to, **how)
 
     # ---- chat events ----------------------------------------------------------------------
     def _on_chat(self, msg: ChatMessage, out: list[Effect]) -> None:
@@ -460,7 +460,7 @@ class Show:
         self._time_run(event.now)
         entry = event.entry
         if entry.outcome == "skipped":
-            self._announce(
+            self._reply(
                 out, req.requester.name, "your image was withheld by the safety filter", req.msg_id
             )
             return
@@ -473,7 +473,7 @@ class Show:
         else:
             self._show_index(len(self._history) - 1, event.now, out)
         if entry.outcome == "held":
-            self._announce(
+            self._reply(
                 out,
                 req.requester.name,
                 "your image is held until the streamer approves it",
@@ -485,7 +485,7 @@ class Show:
         if req is None:
             return
         reason = " ".join(str(event.reason).split())[:120] or "unknown error"
-        self._announce(out, req.requester.name, f"sorry, your image failed: {reason}", req.msg_id)
+        self._reply(out, req.requester.name, f"sorry, your image failed: {reason}", req.msg_id)
 
     def _on_tick(self, event: Tick, out: list[Effect]) -> None:
         """Waiting images go up first; else the slideshow advances (held images skipped)."""
@@ -540,7 +540,7 @@ class Show:
     def _admission(self, ctx: _Ctx) -> bool:
         """Mode, cooldown, per-user and global limits; True when refused (and answered)."""
         mine = sum(1 for _ in self._requests_of(ctx.viewer.login))
-        refusal = self.moderator.check_request(ctx.viewer, ctx.now, mine, self._queued)
+        refusal = self.moderator.check_request(ctx.viewer, ctx.now, mine, self.queued)
         if refusal:
             self._refuse(ctx, refusal)
             return True
@@ -574,19 +574,23 @@ class Show:
         self._enqueue(request)
         self.moderator.note_request(viewer.login, ctx.now)
         self._last = ask
-        if not self._running and not self._deck and self._queued == 1:
+        if not self._running and not self._deck and self.queued == 1:
             return  # starts right away; the Status line says so
         position = self._position(request)
         self._say(ctx, f"queued #{position}, about {self._eta(position, ctx.now):.0f} s")
 
     def _cmd_clear(self, ctx: _Ctx) -> None:
         """!clear: wipe the screen and stop the slideshow."""
+        self._blank(ctx.out)
+        self._slideshow = 0.0
+        self._shown_at = ctx.now  # the empty screen counts as shown: the deck waits too
+
+    def _blank(self, out: list[Effect]) -> None:
+        """An empty screen; !prev/!next go on from the picture that was up."""
         if self._cursor is not None:
             self._browse = self._cursor
         self._cursor = None
-        self._slideshow = 0.0
-        self._shown_at = ctx.now  # the empty screen counts as shown: the deck waits too
-        ctx.out.append(Display(None))
+        out.append(Display(None))
 
     def _cmd_approve(self, ctx: _Ctx) -> None:
         """!approve: show the held or blurred image (on screen, else the newest held) unfiltered."""
@@ -605,17 +609,12 @@ class Show:
     def _cmd_terminate(self, ctx: _Ctx) -> None:
         """!terminate: tell OBS, cancel the running job (kept for the next start), exit 0."""
         ctx.out.append(Status(f"stopped by {ctx.viewer.name}"))
-        if self._cursor is not None:
-            self._browse = self._cursor
-        self._cursor = None
-        ctx.out.append(Display(None))
+        self._blank(ctx.out)
         for request in reversed(self._running):
             ctx.out.append(CancelGeneration(request.id))
             self._enqueue(request, front=True)
         self._running = []
-        self._send(
-            ctx.out, "Chat Diffusion is stopping. Bye!", ctx.msg_id, refusal=False, coalesce_key=""
-        )
+        self._send(ctx.out, "Chat Diffusion is stopping. Bye!", ctx.msg_id)
         self._terminated = True
         ctx.out.append(Shutdown())
 
@@ -656,7 +655,7 @@ class Show:
         """!queue: your position and the estimated wait."""
         login = ctx.viewer.login
         if any(r.requester.login == login for r in self._running):
-            self._say(ctx, f"yours is generating now; {self._queued} waiting")
+            self._say(ctx, f"yours is generating now; {self.queued} waiting")
             return
         order = self.queue_order()
         for position, req in enumerate(order, 1):
@@ -766,7 +765,6 @@ class Show:
             self._turns.remove(login)
             self._turns.appendleft(login)
         (queue.appendleft if front else queue.append)(request)
-        self._queued += 1
 
     def _requests_of(self, login: str) -> list[GenerationRequest]:
         mine = list(self._queues.get(login, ()))
@@ -781,7 +779,6 @@ class Show:
             queue = self._queues[login]
             keep = deque(r for r in queue if not match(r))
             dropped += len(queue) - len(keep)
-            self._queued -= len(queue) - len(keep)
             if keep:
                 self._queues[login] = keep
             else:
@@ -796,10 +793,10 @@ class Show:
 
     def _maybe_start(self, now: float, out: list[Effect]) -> None:
         """Start the next run when nothing runs and no finished picture waits on deck."""
-        if self._running or not self._queued or self._deck:
+        if self._running or not self.queued or self._deck:
             return
         batch = [self._take(r) for r in self._next_batch()]
-        if self.settings.show.cut_to_one_when_waiting and self._queued:
+        if self.settings.show.cut_to_one_when_waiting and self.queued:
             batch = [_one_image(r) for r in batch]
         self._running = batch
         self._running_since = now
@@ -835,7 +832,6 @@ class Show:
         login = request.requester.login
         queue = self._queues[login]
         queue.popleft()
-        self._queued -= 1
         self._turns.remove(login)
         if queue:
             self._turns.append(login)
@@ -992,8 +988,8 @@ class Show:
         if self._running:
             step = f" {self._progress[0]}/{self._progress[1]}" if self._progress else ""
             parts.append(f"generating{step} for {_names(self._running)}")
-        if self._running or self._queued:
-            parts.append(f"{self._queued} queued")
+        if self._running or self.queued:
+            parts.append(f"{self.queued} queued")
         if self._deck:
             wait = max(1, math.ceil(self._shown_at + self._min_display - now))
             ready = f"{len(self._deck)} ready"

@@ -387,12 +387,15 @@ def _hotkey(name: str) -> Any:
 
 
 def _on_reconnect(props: Any, prop: Any) -> bool:
-    if S.link is not None and S.link_key == (
+    link = S.link  # read once: the timer may replace it meanwhile
+    if link is not None and S.link_key == (
         S.config["host"], S.config["token"], S.config["python_path"]
     ):  # fmt: skip
-        S.link.reconnect_now()
+        link.reconnect_now()
     else:
-        _restart_link()
+        # the timer restarts the link: one thread (OBS's own) ever does, so two restarts
+        # at once (this button on the UI thread, a debounced edit on the timer) can't race
+        S.restart_at = time.monotonic()
     return True
 
 

@@ -32,6 +32,7 @@ import pytest
 import websocket
 
 from obs_script import chat_diffusion_protocol as protocol
+from tests.fixtures_twitch import until
 from tests.reliability_helpers import (
     LINK_TOKEN,
     HostProcess,
@@ -313,15 +314,6 @@ async def running_host(tmp_path: Path, server: RecordingTwitchServer, model_dir:
         gallery.close()
 
 
-async def until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
 def _bot_lines(server: RecordingTwitchServer) -> list[str]:
     return [s.line for s in server.sent("PRIVMSG")]
 
@@ -356,7 +348,7 @@ def test_engine_failures_on_one_request_do_not_stop_the_next(
                 done = len(host.gallery.recent(10)) + answered >= len(prompts)
                 return done and not host.show.running and not host.show.queued
 
-            await until(settled, 60)
+            assert await until(settled, 60), "the requests did not settle"
             return {
                 "served": sorted(e.prompt for e in host.gallery.recent(10)),
                 "still_running": not host.stopped.is_set(),
@@ -414,7 +406,7 @@ def test_full_disk_still_shows_the_image_and_logs_once(
             reader = asyncio.ensure_future(asyncio.to_thread(read))
             for k in range(3):
                 await asyncio.to_thread(server.privmsg, f"viewer{k}", f"!generate disk fox {k}")
-            await until(lambda: len(shows) >= 3, 60)
+            assert await until(lambda: len(shows) >= 3, 60), shows
             await asyncio.sleep(2.0)  # ticks keep running on the full disk
             ws.close()
             await asyncio.wait_for(reader, 10)

@@ -8,23 +8,20 @@ instead of a crashed OBS or host.
 from __future__ import annotations
 
 import ast
-import io
 import json
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from obs_script import chat_diffusion_protocol as p
+from tests.fixtures_obs import make_png
 
 SCRIPT_DIR = Path(__file__).resolve().parent.parent / "obs_script"
 
 
-def png(color: tuple[int, int, int] = (200, 30, 30), size: int = 8) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), color).save(buf, "PNG")
-    return buf.getvalue()
+def png() -> bytes:
+    return make_png((200, 30, 30), size=8)
 
 
 def roundtrip(msg: dict, sender: str) -> dict:

@@ -496,6 +496,40 @@ def pip_base(py: str) -> list[str]:
     return [py, "-m", "pip", "install", "--compile", "--disable-pip-version-check"]
 
 
+def plan_packages(
+    py: str, choice: TorchChoice, target: str, light: bool
+) -> tuple[list[str], list[tuple[str, list[str]]], str | None]:
+    """What installing the packages takes, planned once for the dry run and the real one:
+    notes to show, the pip commands (what each installs, the command) and the index torch
+    comes from (None: pip's own). PyTorch goes first, so the host's pin finds it there.
+    """
+    notes: list[str] = []
+    commands: list[tuple[str, list[str]]] = []
+    index = choice.index_url
+    if not light:
+        rc, installed = venv_query(py, TORCH_VERSION_QUERY) if os.path.exists(py) else (1, "")
+        action = torch_action(installed if rc == 0 else None, choice)
+        if action == "keep":
+            notes.append(f"torch {installed} is already the right build: kept")
+        else:
+            if action == "replace":
+                notes.append(f"torch {installed} is the wrong build: replacing it")
+                commands.append(("PyTorch", [py, "-m", "pip", "uninstall", "-y", "torch"]))
+            if index and choice.fallback_to_default_index and not index_reachable(index):
+                notes.append(
+                    f"{index} is unreachable: asking pip's own indexes "
+                    "(a local wheel or mirror from pip.conf, else PyPI)"
+                )
+                index = None
+            cmd = pip_base(py) + [choice.requirement] + (["--index-url", index] if index else [])
+            commands.append(("PyTorch", cmd))
+    # editable: the OBS script is loaded from this checkout anyway, and a `git pull`
+    # updates the host without reinstalling (a changed pyproject.toml changes the stamp,
+    # so the next run reinstalls).
+    commands.append(("the host", pip_base(py) + (["--no-deps"] if light else []) + ["-e", target]))
+    return notes, commands, index
+
+
 def venv_query(py: str, code: str) -> tuple[int, str]:
     """Run code in the venv's Python: (exit code, last line of its output or error)."""
     try:
@@ -647,53 +681,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif stamp:
             s.info("stamp differs (pyproject.toml, PyTorch variant or options changed)")
         if not up_to_date:
-            index = choice.index_url
+            notes, commands, index = plan_packages(py, choice, f"{repo}{extra}", args.light)
+            for note in notes:
+                s.info(note)
             if dry:
-                installed = venv_query(py, TORCH_VERSION_QUERY)[1] if os.path.exists(py) else ""
-                if not args.light and torch_action(installed, choice) == "keep":
-                    s.info(f"torch {installed} is already the right build: kept")
-                elif not args.light:
-                    idx = f" --index-url {index}" if index else ""
-                    s.info(f"would run: pip install {choice.requirement}{idx}")
-                    if index and choice.fallback_to_default_index and not index_reachable(index):
-                        s.info("  but that index is unreachable from here: pip's own indexes")
-                        s.info(f"  instead: pip install {choice.requirement}")
-                nd = " --no-deps" if args.light else ""
-                s.info(f"would run: pip install{nd} -e {repo}{extra}")
+                for _, cmd in commands:
+                    s.info("would run: " + shell_join(cmd))
             else:
-                if not args.light:
-                    rc, installed = venv_query(py, TORCH_VERSION_QUERY)
-                    action = torch_action(installed if rc == 0 else None, choice)
-                    if action == "keep":
-                        s.info(f"torch {installed} is already the right build")
-                    else:
-                        if action == "replace":
-                            s.info(f"torch {installed} is the wrong build: replacing it")
-                            run([py, "-m", "pip", "uninstall", "-y", "torch"], s)
-                        if (
-                            index
-                            and choice.fallback_to_default_index
-                            and not index_reachable(index)
-                        ):
-                            s.info(
-                                f"{index} is unreachable: asking pip's own indexes "
-                                "(a local wheel or mirror from pip.conf, else PyPI)"
-                            )
-                            index = None
-                        cmd = pip_base(py) + [choice.requirement]
-                        if index:
-                            cmd += ["--index-url", index]
-                        if run(cmd, s) != 0:
-                            print("error: PyTorch did not install (see pip's message above)")
-                            return 1
-                # editable: the OBS script is loaded from this checkout anyway, and a
-                # `git pull` updates the host without reinstalling (a changed
-                # pyproject.toml changes the stamp, so the next run reinstalls).
-                cmd = pip_base(py) + (["--no-deps"] if args.light else [])
-                cmd += ["-e", f"{repo}{extra}"]
-                if run(cmd, s) != 0:
-                    print("error: the host did not install (see pip's message above)")
-                    return 1
+                for what, cmd in commands:
+                    if run(cmd, s) != 0:
+                        print(f"error: {what} did not install (see pip's message above)")
+                        return 1
                 rc, out = venv_query(py, check)
                 if rc != 0:
                     print(f"error: installed, but the check failed: {out}")

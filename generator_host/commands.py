@@ -277,7 +277,7 @@ def _replace(args: GenerateArgs, **changes: int | None) -> GenerateArgs:
     return replace(args, **changes)  # type: ignore[arg-type]
 
 
-def parse_slideshow(args: str) -> float | str | None:
+def parse_slideshow(args: str, prefix: str = "!") -> float | str | None:
     """`!slideshow 20` -> 20.0, `off` -> 0.0, empty -> None (toggle); str = refusal reason."""
     text = args.strip().lower()
     if text in ("", "on", "start", "yes"):
@@ -287,7 +287,7 @@ def parse_slideshow(args: str) -> float | str | None:
     try:
         seconds = float(text.removesuffix("s"))
     except ValueError:
-        return "use !slideshow <seconds> or !slideshow off"
+        return f"use {prefix}slideshow <seconds> or {prefix}slideshow off"
     if not 3 <= seconds <= 3600:
         return "slideshow seconds must be 3-3600"
     return seconds

@@ -641,7 +641,7 @@ class Show:
 
     def _cmd_slideshow(self, ctx: _Ctx) -> None:
         """!slideshow [seconds|off]: cycle through the history; no argument toggles."""
-        value = cmds.parse_slideshow(ctx.args)
+        value = cmds.parse_slideshow(ctx.args, self._prefix)
         if isinstance(value, str):
             self._refuse(ctx, value)
             return

@@ -569,6 +569,15 @@ def test_a_bot_that_moderates_gets_twitchs_bigger_reply_budget():
     assert len(replies(out)) == 18 - staff_reserved(18)
 
 
+def test_usage_hints_name_the_streamers_own_prefix():
+    show = make()
+    show.settings.show.command_prefix = "?"
+    show.handle(SettingsChanged(0))
+    assert replies(chat(show, "m", "?slideshow soon", Role.MODERATOR)) == [
+        "use ?slideshow <seconds> or ?slideshow off"
+    ]
+
+
 def test_changed_blocklist_file_is_reloaded(tmp_path):
     show = make()
     path = tmp_path / "list.txt"

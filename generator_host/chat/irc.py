@@ -45,6 +45,14 @@ _MAX_LINE = 65536
 SEEN_IDS = 2000  # chat ids remembered to deliver each line once across a handover
 
 
+def _emit(on_event: Callable[[ChatEvent], None], event: ChatEvent) -> None:
+    """Hand one event to the host; the host's bug must not cut the chat."""
+    try:
+        on_event(event)
+    except Exception:
+        log.exception("handling %s failed", type(event).__name__)
+
+
 class LoginFailed(Exception):
     """Twitch refused the login; the message says what to check (never the token itself)."""
 
@@ -324,10 +332,7 @@ class TwitchAdapter:
             self.limiter.limit,
             self.settings.send_window,
         )
-        try:
-            on_event(BotStatus(elevated=elevated, now=self.clock()))
-        except Exception:  # the host's bug must not cut the chat
-            log.exception("handling the bot's status failed")
+        _emit(on_event, BotStatus(elevated=elevated, now=self.clock()))
 
     def _deliver(self, line: ircparse.Line, on_event: Callable[[ChatEvent], None]) -> None:
         """Pass a chat line on as an event, once per `id` tag (the same line may come on
@@ -344,10 +349,7 @@ class TwitchAdapter:
                 self._seen.discard(self._seen_order.popleft())
             self._seen_order.append(msg_id)
             self._seen.add(msg_id)
-        try:
-            on_event(event)
-        except Exception:  # the host's bug must not cut the chat
-            log.exception("handling a chat event failed")
+        _emit(on_event, event)
 
     def _hand_over(
         self,

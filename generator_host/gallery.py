@@ -494,9 +494,13 @@ def _blank_png() -> bytes:
 
 
 def read_png_metadata(path_or_bytes: Path | bytes) -> dict[str, Any]:
-    """The `parameters` text and the JSON metadata of a gallery PNG (for tools and !params)."""
+    """The `parameters` text and the JSON metadata of a gallery PNG (for tools and !params).
+
+    The gallery writes its chunks before the image data, where Pillow reads them on open
+    (`info`): no pixels are decoded. Only a file written otherwise is decoded (`text`).
+    """
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
     with Image.open(src) as im:
-        text = dict(getattr(im, "text", {}) or {})
+        text = im.info if METADATA_KEY in im.info else dict(getattr(im, "text", {}) or {})
     meta = text.get(METADATA_KEY)
     return {"parameters": text.get("parameters"), "meta": json.loads(meta) if meta else None}

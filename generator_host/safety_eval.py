@@ -788,19 +788,12 @@ def gallery_folder(settings: Settings, given: str) -> Path:
 
 
 def read_stored(path: Path) -> tuple[SafetyScores | None, dict[str, Any], str]:
-    """(scores, safety metadata, problem) of one gallery PNG, without decoding its pixels.
-
-    The gallery writes its JSON chunk before the image data, where Pillow reads it on
-    open; files written otherwise fall back to gallery.read_png_metadata (which decodes).
-    """
-    from PIL import Image
-
-    from generator_host import gallery
+    """(scores, safety metadata, problem) of one gallery PNG, without decoding its pixels
+    (see gallery.read_png_metadata)."""
+    from generator_host.gallery import read_png_metadata
 
     try:
-        with Image.open(path) as im:
-            raw = im.info.get(gallery.METADATA_KEY)
-        meta = json.loads(raw) if raw else gallery.read_png_metadata(path)["meta"]
+        meta = read_png_metadata(path)["meta"]
     except Exception as exc:  # a broken file is a message, not a crash
         return None, {}, f"unreadable: {_reason(exc)}"
     if not isinstance(meta, dict):

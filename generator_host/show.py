@@ -302,8 +302,8 @@ class Show:
         """The queued requests in the order they will run (round-robin across viewers)."""
         rounds = [list(self._queues[login]) for login in self._turns]
         out: list[GenerationRequest] = []
-        depth = 0
-        while len(out) < self.queued:
+        depth, total = 0, sum(map(len, rounds))
+        while len(out) < total:
             out += [reqs[depth] for reqs in rounds if len(reqs) > depth]
             depth += 1
         return out
@@ -793,10 +793,10 @@ class Show:
 
     def _maybe_start(self, now: float, out: list[Effect]) -> None:
         """Start the next run when nothing runs and no finished picture waits on deck."""
-        if self._running or not self.queued or self._deck:
+        if self._running or not self._queues or self._deck:
             return
         batch = [self._take(r) for r in self._next_batch()]
-        if self.settings.show.cut_to_one_when_waiting and self.queued:
+        if self.settings.show.cut_to_one_when_waiting and self._queues:
             batch = [_one_image(r) for r in batch]
         self._running = batch
         self._running_since = now
@@ -988,7 +988,7 @@ class Show:
         if self._running:
             step = f" {self._progress[0]}/{self._progress[1]}" if self._progress else ""
             parts.append(f"generating{step} for {_names(self._running)}")
-        if self._running or self.queued:
+        if self._running or self._queues:  # a viewer's queue is dropped when it empties
             parts.append(f"{self.queued} queued")
         if self._deck:
             wait = max(1, math.ceil(self._shown_at + self._min_display - now))

@@ -316,8 +316,8 @@ def same_image(a: Any, b: Any, tolerance: float = 12.0) -> bool:
 # ---- the host ------------------------------------------------------------------------------
 def host_main(argv: list[str]) -> int:
     """The real `generator-host` CLI, with each Engine.generate call's times printed."""
-    from generator_host import engine as engine_mod
     from generator_host.cli import main
+    from generator_host.engine import pipeline as engine_mod
 
     original = engine_mod.Engine.generate
 
@@ -501,7 +501,7 @@ class Sample:
 
 def session(work: Path, requests: int, warmup: int, seed: int = 7) -> tuple[list[Sample], str]:
     """Start everything, send the requests one at a time; per-request samples, OBS version."""
-    from generator_host.tiny_model import build_tiny_model
+    from generator_host.engine.tiny_model import build_tiny_model
     from tests.twitch_server import TwitchServer
 
     model_dir = build_tiny_model(work / "tiny-sd")

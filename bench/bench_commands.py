@@ -20,11 +20,11 @@ import argparse
 import random
 import time
 
-from generator_host.chat import ircparse
-from generator_host.chat.message import ChatMessage, Viewer
-from generator_host.generation import Entry
-from generator_host.settings import Settings
-from generator_host.show import GenerationFinished, Show
+from generator_host.core.generation import Entry
+from generator_host.core.message import ChatMessage, Viewer
+from generator_host.core.settings import Settings
+from generator_host.core.show import GenerationFinished, Show
+from generator_host.edges.chat import ircparse
 
 TARGET = 50_000
 TALK = [

@@ -196,7 +196,7 @@ def new_times() -> dict[str, list[Any]]:
 
 
 def _checked(results: Sequence[Any]) -> list[Any]:
-    from generator_host.engine import EngineError
+    from generator_host.engine.pipeline import EngineError
 
     for r in results:
         if isinstance(r, EngineError):
@@ -304,10 +304,10 @@ def rows_from(
 # ---- the tiny model ---------------------------------------------------------------------------
 def bench_micro_batching(quick: bool, folder: Path, device: Device = CPU) -> list[dict[str, Any]]:
     """4 requests: micro-batched, one by one, engine's choice; interleaved, tiny model."""
-    from generator_host.engine import Engine
-    from generator_host.generation import GenerationParams
-    from generator_host.settings import ModelSettings, SafetySettings
-    from generator_host.tiny_model import build_tiny_model
+    from generator_host.core.generation import GenerationParams
+    from generator_host.core.settings import ModelSettings, SafetySettings
+    from generator_host.engine.pipeline import Engine
+    from generator_host.engine.tiny_model import build_tiny_model
 
     build_tiny_model(folder)
     model = ModelSettings(
@@ -341,7 +341,7 @@ def build_full_size_turbo() -> Any:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from generator_host.tiny_model import _write_vocab
+    from generator_host.engine.tiny_model import _write_vocab
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -394,8 +394,8 @@ def prebuilt_engine(
     """The real Engine, loaded as the host loads it, around a pipeline built in memory (a
     full-size one is never written to disk: 5 GB). `folder` only names the model. The
     safety checker is off: its cost is measured on its own."""
-    from generator_host.engine import Engine
-    from generator_host.settings import ModelSettings, SafetySettings
+    from generator_host.core.settings import ModelSettings, SafetySettings
+    from generator_host.engine.pipeline import Engine
 
     class PrebuiltEngine(Engine):
         def _load_pipeline(self, source: str, local: bool) -> Any:
@@ -416,7 +416,7 @@ def prebuilt_engine(
 
 
 def full_size_requests(n: int, size: int = FULL_SIZE) -> list[Any]:
-    from generator_host.generation import GenerationParams
+    from generator_host.core.generation import GenerationParams
 
     return [
         GenerationParams(
@@ -509,7 +509,7 @@ def _bench_checker(device: Device = CPU) -> dict[str, Any]:
     from PIL import Image
     from transformers import CLIPConfig, CLIPImageProcessor
 
-    from generator_host.safety import SafetyJudge
+    from generator_host.engine.safety import SafetyJudge
 
     config = CLIPConfig(vision_config=COMPVIS_CHECKER_VISION, projection_dim=768)
     checker = StableDiffusionSafetyChecker(config).eval()

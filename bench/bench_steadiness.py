@@ -46,11 +46,11 @@ class MiniHost:
     """The host's work per request without sockets: show -> engine -> gallery -> frame."""
 
     def __init__(self, work: Path) -> None:
-        from generator_host.engine import Engine
-        from generator_host.gallery import Gallery
-        from generator_host.settings import Settings
-        from generator_host.show import Show
-        from generator_host.tiny_model import build_tiny_model
+        from generator_host.core.settings import Settings
+        from generator_host.core.show import Show
+        from generator_host.edges.gallery import Gallery
+        from generator_host.engine.pipeline import Engine
+        from generator_host.engine.tiny_model import build_tiny_model
 
         folder = build_tiny_model(work / "tiny-sd")
         self.settings = Settings()
@@ -72,8 +72,8 @@ class MiniHost:
         """One chat request carried through to the frame OBS would get (as app.py does)."""
         from collections import deque
 
-        from generator_host import show as s
-        from generator_host.chat.message import ChatMessage, Role, Viewer
+        from generator_host.core import show as s
+        from generator_host.core.message import ChatMessage, Role, Viewer
 
         self.now += 2.0
         viewer = Viewer(f"viewer{i % 500}", role=Role.SUBSCRIBER)

@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from generator_host import show as show_mod
-from generator_host.chat.irc import LoginFailed
-from generator_host.chat.message import ChatEvent
-from generator_host.engine import EngineError
-from generator_host.files import write_atomic
-from generator_host.generation import Entry, GenerationRequest
-from generator_host.settings import Settings
+from generator_host.core import show as show_mod
+from generator_host.core.generation import Entry, GenerationRequest
+from generator_host.core.message import ChatEvent
+from generator_host.core.settings import Settings
+from generator_host.edges.chat.irc import LoginFailed
+from generator_host.edges.files import write_atomic
+from generator_host.engine.pipeline import EngineError
 from obs_script import chat_diffusion_protocol as protocol
 
 log = logging.getLogger("generator_host.app")
@@ -313,7 +313,7 @@ class Host:
             self.feed(show_mod.Tick(now=time.monotonic()))
 
     async def run(self, on_ready: Callable[[Any], None] | None = None) -> int:
-        from generator_host.link import LinkServer
+        from generator_host.edges.link import LinkServer
 
         self._loop = asyncio.get_running_loop()
         # What was on screen before a restart is ready before the first OBS connects.
@@ -371,7 +371,7 @@ def _exit_code_for(exc: BaseException) -> int:
 
 
 def _load_engine(settings: Settings) -> Any:
-    from generator_host.engine import Engine, EngineError
+    from generator_host.engine.pipeline import Engine, EngineError
 
     engine = Engine(settings.model, settings.safety)
     try:
@@ -383,8 +383,8 @@ def _load_engine(settings: Settings) -> Any:
 
 
 def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any, str]:
-    from generator_host.gallery import Gallery
-    from generator_host.link import load_or_create_token
+    from generator_host.edges.gallery import Gallery
+    from generator_host.edges.link import load_or_create_token
 
     home.mkdir(parents=True, exist_ok=True)
     gallery = Gallery.from_settings(settings.gallery, home / "gallery")
@@ -429,8 +429,8 @@ def _serve(settings: Settings, home: Path, token_dir: Path, chat: Any) -> int:
 
 def run_demo(settings: Settings, home: Path) -> int:
     """The demo: tiny built-in model, the terminal as the broadcaster's chat."""
-    from generator_host.chat.console import ConsoleAdapter
-    from generator_host.tiny_model import build_tiny_model, default_tiny_model_dir
+    from generator_host.edges.chat.console import ConsoleAdapter
+    from generator_host.engine.tiny_model import build_tiny_model, default_tiny_model_dir
 
     folder = default_tiny_model_dir()
     print(f"Chat Diffusion demo. Tiny random-weight model (builds once): {folder}", flush=True)
@@ -449,7 +449,7 @@ def run_demo(settings: Settings, home: Path) -> int:
 
 
 def run_twitch(settings: Settings, home: Path) -> int:
-    from generator_host.chat.irc import TwitchAdapter
+    from generator_host.edges.chat.irc import TwitchAdapter
 
     print(f"Joining #{settings.twitch.channel} on {settings.twitch.host}:{settings.twitch.port}")
     return _serve(settings, home, home, TwitchAdapter(settings.twitch))

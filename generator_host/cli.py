@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from generator_host import __version__
-from generator_host.settings import (
+from generator_host.core.settings import (
     Settings,
     data_dir,
     default_config_path,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--config", type=Path, default=None, help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    from generator_host import safety_eval  # its own module: heavy imports stay lazy there
+    from generator_host.tools import safety_eval  # its own module: heavy imports stay lazy there
 
     safety_eval.add_parser(sub)
     return parser
@@ -97,8 +97,8 @@ def _setup_logging(level: str) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from generator_host.config_template import TEMPLATE
-    from generator_host.files import write_private
+    from generator_host.core.config_template import TEMPLATE
+    from generator_host.edges.files import write_private
 
     path: Path = args.config or default_config_path()
     if path.exists() and not args.force:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"demo": cmd_demo, "run": cmd_run, "init": cmd_init}
     if args.command in handlers:
         return handlers[args.command](args)
-    from generator_host import safety_eval
+    from generator_host.tools import safety_eval
 
     settings, problems = load_settings(getattr(args, "config", None) or default_config_path())
     for problem in problems:

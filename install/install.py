@@ -44,7 +44,7 @@ TORCH_VERSION = "2.13.0"  # the build every variant pins (the CPU one lies on CI
 CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 STAMP_NAME = "chat-diffusion-install.json"
-APP_NAME = "chat-diffusion"  # as generator_host.settings.APP_NAME
+APP_NAME = "chat-diffusion"  # as generator_host.core.settings.APP_NAME
 # OBS 30+ loads Python 3.6 .. 3.12 on Windows and macOS (newer OBS releases may go
 # higher); the OBS script needs 3.9+.
 OBS_PYTHON_RECOMMENDED = "3.11 or 3.12 (64-bit, from python.org)"

@@ -68,14 +68,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The tiny model gains nothing from threads, and on a shared 2-core machine extra
     # threads spin against other processes: one thread keeps the tests fast under load.
     torch.set_num_threads(1)
-    from generator_host.tiny_model import build_tiny_model
+    from generator_host.engine.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-sd")
 
 
 def tiny_settings(folder: Path, **model_overrides: Any) -> tuple[Any, Any]:
     """ModelSettings/SafetySettings for the tiny model: 2 steps, 64x64, no warm-up."""
-    from generator_host.settings import ModelSettings, SafetySettings
+    from generator_host.core.settings import ModelSettings, SafetySettings
 
     values: dict[str, Any] = {
         "model": str(folder),
@@ -91,7 +91,7 @@ def tiny_settings(folder: Path, **model_overrides: Any) -> tuple[Any, Any]:
 
 def make_tiny_engine(folder: Path, **model_overrides: Any) -> Any:
     """A loaded Engine on the tiny model (for other areas' tests too)."""
-    from generator_host.engine import Engine
+    from generator_host.engine.pipeline import Engine
 
     _quiet()
     model, safety = tiny_settings(folder, **model_overrides)
@@ -116,7 +116,7 @@ def plant_on_tile(
     threshold: float = 0.95,
 ) -> None:
     """Make `image` (and only images nearly identical to it) trip one concept of the engine."""
-    from generator_host.tiny_model import plant_concept
+    from generator_host.engine.tiny_model import plant_concept
 
     judge = engine.safety
     plant_concept(

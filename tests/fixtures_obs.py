@@ -53,8 +53,8 @@ class RunningLink:
     """A real LinkServer on a background loop; `received` gets what scripts send."""
 
     def __init__(self, settings: Any = None, token: str = LINK_TOKEN, port: int = 0) -> None:
-        from generator_host.link import LinkServer
-        from generator_host.settings import LinkSettings
+        from generator_host.core.settings import LinkSettings
+        from generator_host.edges.link import LinkServer
         from obs_script import chat_diffusion_protocol as p
 
         self.received: queue.Queue[dict] = queue.Queue()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from generator_host.settings import TwitchSettings
+from generator_host.core.settings import TwitchSettings
 from tests.reliability_helpers import RecordingTwitchServer
 from tests.twitch_server import TwitchServer
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from generator_host.app import Host
-from generator_host.chat.message import ChatMessage, Role, Viewer
-from generator_host.gallery import Gallery
-from generator_host.settings import Settings
+from generator_host.core.message import ChatMessage, Role, Viewer
+from generator_host.core.settings import Settings
+from generator_host.edges.gallery import Gallery
 from obs_script import chat_diffusion_protocol as protocol
 from tests.fixtures_model import make_tiny_engine, tiny_settings
 

@@ -158,7 +158,7 @@ def test_engine_bench_rounds_and_tiny_vae_swap_run_on_the_cpu(
     from diffusers import AutoencoderTiny, StableDiffusionPipeline
 
     from bench import bench_engine as be
-    from generator_host.generation import GenerationParams
+    from generator_host.core.generation import GenerationParams
 
     be._quiet()
     assert be.devices()[0] == be.CPU and be.CPU.full_size_batch == 2

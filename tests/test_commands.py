@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator_host import commands as cmds
-from generator_host.chat.message import Role
+from generator_host.core import commands as cmds
+from generator_host.core.message import Role
 
 LIMITS = cmds.Limits(max_steps=50, max_size=1024, max_count=4)
 

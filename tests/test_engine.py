@@ -15,9 +15,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator_host.engine import Cancelled, Engine, EngineError, OutOfMemory
-from generator_host.generation import GenerationParams, GenerationRequest, Requester
-from generator_host.tiny_model import build_tiny_model, is_complete
+from generator_host.core.generation import GenerationParams, GenerationRequest, Requester
+from generator_host.engine.pipeline import Cancelled, Engine, EngineError, OutOfMemory
+from generator_host.engine.tiny_model import build_tiny_model, is_complete
 from tests.fixtures_model import make_tiny_engine, tiny_settings
 
 pytestmark = pytest.mark.model

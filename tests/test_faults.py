@@ -203,7 +203,7 @@ def test_chat_reconnect_and_drops_during_a_flood_lose_and_repeat_nothing(
     written in the last 200 ms before a cut (RST) are in flight and may die with it.
     Everything else must reach the queue or the gallery exactly once.
     """
-    from generator_host.moderation import load_blocklist
+    from generator_host.core.moderation import load_blocklist
 
     blocklist, _ = load_blocklist("")
     assert not any(blocklist.match(f"flood fox {i}") for i in range(300))  # all acceptable
@@ -273,9 +273,9 @@ async def running_host(tmp_path: Path, server: RecordingTwitchServer, model_dir:
                        max_batch: int | None = None, **moderation: Any,
                        ) -> AsyncIterator[Any]:  # fmt: skip
     from generator_host.app import Host
-    from generator_host.chat.irc import TwitchAdapter
-    from generator_host.gallery import Gallery
-    from generator_host.settings import Settings
+    from generator_host.core.settings import Settings
+    from generator_host.edges.chat.irc import TwitchAdapter
+    from generator_host.edges.gallery import Gallery
     from tests.fixtures_model import make_tiny_engine
 
     settings = Settings()
@@ -380,7 +380,7 @@ def test_full_disk_still_shows_the_image_and_logs_once(
 ) -> None:  # fmt: skip
     """ENOSPC on every gallery write (and, for "whole disk", on the state file too)."""
     from generator_host import app as app_mod
-    from generator_host import gallery as gallery_mod
+    from generator_host.edges import gallery as gallery_mod
 
     monkeypatch.setattr(gallery_mod, "write_atomic", _full_disk)
     if what == "whole disk":  # the host's own state file too (raises if app renames its writer)
@@ -426,7 +426,7 @@ def test_full_disk_still_shows_the_image_and_logs_once(
     assert all(s["image"].startswith(b"\x89PNG") for s in shows)
     kinds = Counter(r.name for r in disk_errors)
     assert kinds and all(n == 1 for n in kinds.values()), [r.getMessage() for r in disk_errors]
-    expected = {"generator_host.gallery"} | (
+    expected = {"generator_host.edges.gallery"} | (
         {"generator_host.app"} if what == "whole disk" else set()
     )
     assert set(kinds) == expected, [r.getMessage() for r in disk_errors]  # each full write seen

@@ -31,10 +31,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from generator_host import commands as cmds
-from generator_host import settings as settings_mod
-from generator_host.chat import ircparse
-from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved, Viewer
+from generator_host.core import commands as cmds
+from generator_host.core import settings as settings_mod
+from generator_host.core.message import ChatMessage, MessageDeleted, Role, UserRemoved, Viewer
+from generator_host.edges.chat import ircparse
 from obs_script import chat_diffusion_protocol as protocol
 from tests.reliability_helpers import obs_link_module, record
 
@@ -344,7 +344,7 @@ def test_host_decodes_any_script_frame(raw: Any) -> None:
     _check_decoded(dec, "script")
     if dec.message is not None and dec.message["type"] == "action":
         # what the host then does with it: a streamer action for the show
-        from generator_host.show import StreamerAction
+        from generator_host.core.show import StreamerAction
 
         show = _show()
         show.handle(StreamerAction(dec.message["action"], dec.message["arg"], now=1.0))
@@ -356,7 +356,7 @@ _SHOW: Any = None
 def _show() -> Any:
     global _SHOW
     if _SHOW is None:
-        from generator_host.show import Show
+        from generator_host.core.show import Show
 
         _SHOW = Show(settings_mod.Settings())
     return _SHOW
@@ -461,7 +461,7 @@ def test_the_show_starts_with_any_loaded_config(raw: Any) -> None:
     """What the settings then drive: the show must start and take a chat line with them."""
     CASES["settings -> Show(settings) + a chat line"] += 1
     settings, _ = settings_mod.settings_from_dict(raw)
-    from generator_host.show import Show
+    from generator_host.core.show import Show
 
     show = Show(settings)
     viewer = Viewer("viewer", "Viewer", "1", Role.BROADCASTER)

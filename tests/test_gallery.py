@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generator_host.engine import Engine
-from generator_host.gallery import Gallery, read_png_metadata
-from generator_host.generation import (
+from generator_host.core.generation import (
     GenerationParams,
     GenerationRequest,
     GenerationResult,
     Requester,
 )
+from generator_host.edges.gallery import Gallery, read_png_metadata
+from generator_host.engine.pipeline import Engine
 from tests.fixtures_model import plant_on_tile
 
 pytestmark = pytest.mark.model
@@ -135,7 +135,7 @@ def test_hold_mode_shows_a_placeholder_until_approved(tiny_engine: Engine, tmp_p
     entry = gallery.add(result, "hold")
     assert entry.outcome == "held"
     tile = Image.fromarray(_tiles_of(gallery.screen_png(entry.id), 4)[3])
-    from generator_host.grid import placeholder
+    from generator_host.engine.grid import placeholder
 
     assert np.array_equal(np.asarray(tile), np.asarray(placeholder((64, 64))))
     gallery.approve(entry.id)
@@ -354,7 +354,7 @@ def test_a_full_disk_does_not_stop_the_image_being_shown(
     gallery.public_dir.parent.mkdir(exist_ok=True)
     gallery.public_dir.write_text("not a folder")  # every image write now fails
     gallery.held_dir.write_text("not a folder")
-    with caplog.at_level(logging.ERROR, logger="generator_host.gallery"):
+    with caplog.at_level(logging.ERROR, logger="generator_host.edges.gallery"):
         entries = []
         for seed in (1, 2):
             params = GenerationParams("still shown", seed=seed, count=4)
@@ -399,7 +399,7 @@ def test_entries_record_what_was_generated_not_what_was_asked(
 
 
 def test_gallery_follows_its_settings_live(tiny_engine: Engine, tmp_path: Path) -> None:
-    from generator_host.settings import GallerySettings
+    from generator_host.core.settings import GallerySettings
 
     settings = GallerySettings(folder=str(tmp_path / "g"), legacy_files=True)
     gallery = Gallery.from_settings(settings, tmp_path / "unused")

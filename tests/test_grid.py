@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generator_host import grid
+from generator_host.engine import grid
 
 
 def _noise(seed: int, size: int = 64) -> Image.Image:

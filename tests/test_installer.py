@@ -307,7 +307,7 @@ def test_config_file_paths_match_platformdirs_conventions():
 
 
 def test_app_name_matches_the_host_settings():
-    settings = (REPO / "generator_host" / "settings.py").read_text(encoding="utf-8")
+    settings = (REPO / "generator_host" / "core" / "settings.py").read_text(encoding="utf-8")
     assert f'APP_NAME = "{inst.APP_NAME}"' in settings
 
 

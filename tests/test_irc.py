@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from generator_host.chat.console import ConsoleAdapter
-from generator_host.chat.irc import LoginFailed, TwitchAdapter
-from generator_host.chat.message import BotStatus, ChatMessage, MessageDeleted, Role, UserRemoved
-from generator_host.files import write_private
-from generator_host.settings import Settings
-from generator_host.show import Display, Reply, Show
+from generator_host.core.message import BotStatus, ChatMessage, MessageDeleted, Role, UserRemoved
+from generator_host.core.settings import Settings
+from generator_host.core.show import Display, Reply, Show
+from generator_host.edges.chat.console import ConsoleAdapter
+from generator_host.edges.chat.irc import LoginFailed, TwitchAdapter
+from generator_host.edges.files import write_private
 from tests.fixtures_twitch import until
 from tests.requirements import require
 from tests.twitch_server import TwitchServer

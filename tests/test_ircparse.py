@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator_host.chat import ircparse
-from generator_host.chat.message import ChatMessage, MessageDeleted, Role, UserRemoved
+from generator_host.core.message import ChatMessage, MessageDeleted, Role, UserRemoved
+from generator_host.edges.chat import ircparse
 
 PRIVMSG = (
     "@badge-info=subscriber/8;badges=moderator/1,subscriber/6;color=#0D4200;"

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import websocket
 
-from generator_host import link as link_mod
-from generator_host.link import load_or_create_token
-from generator_host.settings import LinkSettings
+from generator_host.core.settings import LinkSettings
+from generator_host.edges import link as link_mod
+from generator_host.edges.link import load_or_create_token
 from obs_script import chat_diffusion_protocol as p
 from tests.fixtures_obs import LINK_TOKEN, RunningLink, make_cert, make_png
 

@@ -148,11 +148,11 @@ def test_a_day_of_10000_images_keeps_prev_and_next_instant(
     from PIL import Image
 
     from generator_host.app import STATE_FILE, Host
-    from generator_host.chat.message import ChatMessage, Role, Viewer
-    from generator_host.gallery import Gallery
-    from generator_host.generation import GeneratedImage, GenerationResult
-    from generator_host.settings import Settings
-    from generator_host.show import GenerationFinished, Show, StartGeneration, Tick
+    from generator_host.core.generation import GeneratedImage, GenerationResult
+    from generator_host.core.message import ChatMessage, Role, Viewer
+    from generator_host.core.settings import Settings
+    from generator_host.core.show import GenerationFinished, Show, StartGeneration, Tick
+    from generator_host.edges.gallery import Gallery
     from obs_script import chat_diffusion_protocol as protocol
 
     settings = Settings()

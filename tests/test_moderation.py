@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from generator_host.chat.message import Role, Viewer
-from generator_host.moderation import Blocklist, Moderator, load_blocklist
-from generator_host.settings import ModerationSettings
+from generator_host.core.message import Role, Viewer
+from generator_host.core.moderation import Blocklist, Moderator, load_blocklist
+from generator_host.core.settings import ModerationSettings
 
 VIEWER = Viewer("viewer")
 MOD = Viewer("mod", role=Role.MODERATOR)

@@ -287,7 +287,7 @@ def test_host_restart_shows_the_current_image_again(
 def test_a_remote_host_over_tls(
     runner: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from generator_host.settings import LinkSettings
+    from generator_host.core.settings import LinkSettings
 
     cert, key = make_cert(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", cert)  # trust the test CA like a system CA

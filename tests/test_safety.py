@@ -13,10 +13,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator_host.engine import Engine, EngineError
-from generator_host.generation import GenerationParams, SafetyScores
-from generator_host.safety import SafetyJudge, is_flagged
-from generator_host.tiny_model import image_embedding, plant_concept
+from generator_host.core.generation import GenerationParams, SafetyScores
+from generator_host.engine.pipeline import Engine, EngineError
+from generator_host.engine.safety import SafetyJudge, is_flagged
+from generator_host.engine.tiny_model import image_embedding, plant_concept
 from tests.fixtures_model import plant_on_tile, tiny_settings
 
 pytestmark = pytest.mark.model
@@ -136,7 +136,7 @@ def test_turning_the_checker_off_needs_the_setting_and_warns(
     model, safety = tiny_settings(tiny_model_dir)
     safety.enabled = False
     engine = Engine(model, safety)
-    with caplog.at_level(logging.WARNING, logger="generator_host.engine"):
+    with caplog.at_level(logging.WARNING, logger="generator_host.engine.pipeline"):
         engine.load()
     assert "SAFETY CHECKER OFF" in caplog.text
     engine.safety.offset = 0.9  # would flag everything if the checker ran
@@ -183,7 +183,7 @@ def test_a_concept_planted_in_a_model_folder_trips_stock_diffusers_too(
 ) -> None:
     from diffusers import AutoPipelineForText2Image
 
-    from generator_host.tiny_model import plant_concept_in_folder
+    from generator_host.engine.tiny_model import plant_concept_in_folder
 
     folder = tmp_path / "planted"
     shutil.copytree(tiny_model_dir, folder)

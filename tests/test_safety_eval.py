@@ -19,11 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator_host import safety_eval as se
-from generator_host import safety_report as rep
-from generator_host.generation import SafetyScores
-from generator_host.safety import is_flagged
-from generator_host.settings import Settings
+from generator_host.core.generation import SafetyScores
+from generator_host.core.settings import Settings
+from generator_host.engine.safety import is_flagged
+from generator_host.tools import safety_eval as se
+from generator_host.tools import safety_report as rep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("roc.png", "histograms.png", "flagged_share.png", "concept_hits.png")
@@ -176,14 +176,14 @@ def test_gallery_mode_counts_past_images_from_stored_scores(
 ) -> None:
     from PIL import Image
 
-    from generator_host.gallery import Gallery
-    from generator_host.generation import (
+    from generator_host.core.generation import (
         GeneratedImage,
         GenerationParams,
         GenerationRequest,
         GenerationResult,
         Requester,
     )
+    from generator_host.edges.gallery import Gallery
 
     tops = [0.02, -0.01, -0.03, -0.05, -0.2]  # flag offsets -0.0195, 0.0105, 0.0305, ...
     gallery = Gallery(tmp_path / "gallery")
@@ -282,8 +282,8 @@ def _distinct_images(checker, extractor, n: int) -> list:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def planted(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PlantedSet:
-    from generator_host.safety import SafetyJudge, load_checker
-    from generator_host.tiny_model import plant_concept
+    from generator_host.engine.safety import SafetyJudge, load_checker
+    from generator_host.engine.tiny_model import plant_concept
 
     root = tmp_path_factory.mktemp("planted")
     model = root / "model"
@@ -371,7 +371,7 @@ def test_offset_zero_flags_what_stock_diffusers_flags(
 ) -> None:
     import numpy as np
 
-    from generator_host.safety import load_checker
+    from generator_host.engine.safety import load_checker
 
     checker, extractor = load_checker(planted.model)
     images = planted.images["safe"] + planted.images["unsafe"]
@@ -431,7 +431,7 @@ def test_missing_checker_keeps_what_was_scored(
     assert "no safety checker" in err and "Traceback" not in err
 
     # Interrupted after the first batch (as by Ctrl-C): the scored rows are on disk.
-    from generator_host.safety import SafetyJudge, load_checker
+    from generator_host.engine.safety import SafetyJudge, load_checker
 
     class CtrlC:
         def __init__(self) -> None:

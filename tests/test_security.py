@@ -33,9 +33,9 @@ import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator_host.chat.message import ChatMessage, Role, Viewer
-from generator_host.settings import Settings, as_dict
-from generator_host.show import Approve, Display, Show, Shutdown, StartGeneration
+from generator_host.core.message import ChatMessage, Role, Viewer
+from generator_host.core.settings import Settings, as_dict
+from generator_host.core.show import Approve, Display, Show, Shutdown, StartGeneration
 from obs_script import chat_diffusion_protocol as protocol
 from tests.reliability_helpers import (
     TWITCH_TOKEN,
@@ -187,7 +187,7 @@ def test_the_link_refuses_every_stranger_without_harm(hostile: Hostile) -> None:
 
 
 def test_the_link_listens_on_localhost_only_by_default(hostile: Hostile) -> None:
-    from generator_host.settings import LinkSettings
+    from generator_host.core.settings import LinkSettings
 
     assert LinkSettings().host == "127.0.0.1"
     addresses = listening_addresses(hostile.host.link_port)
@@ -319,12 +319,12 @@ def _mode(path: Path) -> int:
 
 
 def test_config_and_token_files_are_private(hostile: Hostile, tmp_path: Path) -> None:
-    from generator_host.link import load_or_create_token
+    from generator_host.edges.link import load_or_create_token
 
     try:
-        from generator_host.files import write_private as write_secret_file
+        from generator_host.edges.files import write_private as write_secret_file
     except ImportError:  # before files.py existed
-        from generator_host.chat.irc import write_secret_file
+        from generator_host.edges.chat.irc import write_secret_file
 
     old = os.umask(0o022)
     try:

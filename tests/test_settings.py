@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from generator_host.config_template import TEMPLATE
-from generator_host.settings import Settings, load_settings, settings_from_dict
+from generator_host.core.config_template import TEMPLATE
+from generator_host.core.settings import Settings, load_settings, settings_from_dict
 
 
 def test_template_written_by_init_loads_without_problems(tmp_path: Path) -> None:

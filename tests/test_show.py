@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generator_host import commands as cmds
-from generator_host.chat.message import (
+from generator_host.core import commands as cmds
+from generator_host.core.generation import Entry
+from generator_host.core.message import (
     BotStatus,
     ChatMessage,
     MessageDeleted,
@@ -18,10 +19,9 @@ from generator_host.chat.message import (
     UserRemoved,
     Viewer,
 )
-from generator_host.generation import Entry
-from generator_host.moderation import Blocklist, Moderator
-from generator_host.settings import Settings, settings_from_dict
-from generator_host.show import (
+from generator_host.core.moderation import Blocklist, Moderator
+from generator_host.core.settings import Settings, settings_from_dict
+from generator_host.core.show import (
     Approve,
     CancelGeneration,
     Display,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from generator_host.link import load_or_create_token
-from generator_host.settings import data_dir
+from generator_host.core.settings import data_dir
+from generator_host.edges.link import load_or_create_token
 
 SCRIPT_DIR = Path(__file__).resolve().parent.parent / "obs_script"
 

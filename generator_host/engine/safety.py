@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from generator_host.generation import SafetyScores
+from generator_host.core.generation import SafetyScores
 
 log = logging.getLogger(__name__)
 

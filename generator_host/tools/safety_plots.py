@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from generator_host.safety_report import (
+from generator_host.tools.safety_report import (
     HitCounts,
     Recommendation,
     RocPoint,

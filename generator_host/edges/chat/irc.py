@@ -31,11 +31,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from generator_host.chat import ircparse
-from generator_host.chat.message import BotStatus, ChatEvent, Role
-from generator_host.settings import TwitchSettings
+from generator_host.core.message import BotStatus, ChatEvent, Role
+from generator_host.core.settings import TwitchSettings
+from generator_host.edges.chat import ircparse
 
-log = logging.getLogger("generator_host.chat.irc")
+log = logging.getLogger("generator_host.edges.chat.irc")
 
 LOGIN_FAILURES = ("login authentication failed", "improperly formatted auth", "login unsuccessful")
 DUPLICATE_SECONDS = 30.0

@@ -13,8 +13,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from generator_host.generation import SafetyScores
-from generator_host.safety import SPECIAL_CARE_ADJUSTMENT, is_flagged
+from generator_host.core.generation import SafetyScores
+from generator_host.engine.safety import SPECIAL_CARE_ADJUSTMENT, is_flagged
 
 SAFE = "safe"
 UNSAFE = "unsafe"

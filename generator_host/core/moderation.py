@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from generator_host.chat.message import Role, Viewer
-from generator_host.commands import parse_role
-from generator_host.settings import ModerationSettings
+from generator_host.core.commands import parse_role
+from generator_host.core.message import Role, Viewer
+from generator_host.core.settings import ModerationSettings
 
 _LOOKALIKE = str.maketrans(
     {

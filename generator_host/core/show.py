@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator_host import commands as cmds
-from generator_host.chat.message import (
+from generator_host.core import commands as cmds
+from generator_host.core.generation import Entry, GenerationParams, GenerationRequest, Requester
+from generator_host.core.message import (
     BotStatus,
     ChatMessage,
     MessageDeleted,
@@ -44,9 +45,8 @@ from generator_host.chat.message import (
     UserRemoved,
     Viewer,
 )
-from generator_host.generation import Entry, GenerationParams, GenerationRequest, Requester
-from generator_host.moderation import MODE_NAMES, Moderator, parse_mode
-from generator_host.settings import Settings
+from generator_host.core.moderation import MODE_NAMES, Moderator, parse_mode
+from generator_host.core.settings import Settings
 from obs_script import chat_diffusion_protocol as protocol
 
 # ---- events (besides the chat events from chat/message.py) ----

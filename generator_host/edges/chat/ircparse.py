@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from generator_host.chat.message import (
+from generator_host.core.message import (
     ChatEvent,
     ChatMessage,
     MessageDeleted,

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from generator_host import safety_report as rep
-from generator_host.generation import SafetyScores
-from generator_host.safety import CONCEPTS, SPECIAL_CARE
-from generator_host.settings import Settings, data_dir
+from generator_host.core.generation import SafetyScores
+from generator_host.core.settings import Settings, data_dir
+from generator_host.engine.safety import CONCEPTS, SPECIAL_CARE
+from generator_host.tools import safety_report as rep
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SAFE_WORDS = {"safe", "sfw", "0", "false", "no", "ok", "benign"}
@@ -466,7 +466,7 @@ def _eval_figures(
     at_yours: rep.SweepRow,
     say: Callable[[str], None],
 ) -> dict[str, Path]:
-    from generator_host import safety_plots as plots
+    from generator_host.tools import safety_plots as plots
 
     if not plots.available():
         say("matplotlib is not installed: no figures (pip install matplotlib).")
@@ -533,8 +533,8 @@ def make_scorer_factory(source: str, device: str) -> Callable[[], Scorer]:
 
     def factory() -> Scorer:
         try:
-            from generator_host.engine import EngineError, pick_device, pick_dtype
-            from generator_host.safety import SafetyError, SafetyJudge, load_checker
+            from generator_host.engine.pipeline import EngineError, pick_device, pick_dtype
+            from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
         except ImportError as exc:
             raise InputError(f"the model libraries are not installed ({exc})") from None
         _quiet_libraries()
@@ -790,7 +790,7 @@ def gallery_folder(settings: Settings, given: str) -> Path:
 def read_stored(path: Path) -> tuple[SafetyScores | None, dict[str, Any], str]:
     """(scores, safety metadata, problem) of one gallery PNG, without decoding its pixels
     (see gallery.read_png_metadata)."""
-    from generator_host.gallery import read_png_metadata
+    from generator_host.edges.gallery import read_png_metadata
 
     try:
         meta = read_png_metadata(path)["meta"]
@@ -875,7 +875,7 @@ def write_gallery_report(
     flagged_then: int,
 ) -> Path:
     """report.md and figures for the gallery: flagged share by offset, no labels needed."""
-    from generator_host import safety_plots as plots
+    from generator_host.tools import safety_plots as plots
 
     fos = [s.flag_offset for s in scored]
     sorted_fos = sorted(fos)

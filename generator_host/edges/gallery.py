@@ -25,10 +25,10 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from generator_host import grid
-from generator_host.files import write_atomic
-from generator_host.generation import Entry, GenerationResult
-from generator_host.settings import APPROVAL_MODES, GallerySettings
+from generator_host.core.generation import Entry, GenerationResult
+from generator_host.core.settings import APPROVAL_MODES, GallerySettings
+from generator_host.edges.files import write_atomic
+from generator_host.engine import grid
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from generator_host.generation import (
+from generator_host.core.generation import (
     GeneratedImage,
     GenerationParams,
     GenerationRequest,
     GenerationResult,
     Requester,
 )
-from generator_host.safety import SafetyError, SafetyJudge, load_checker
-from generator_host.settings import ModelSettings, SafetySettings
+from generator_host.core.settings import ModelSettings, SafetySettings
+from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from generator_host.chat.ircparse import sanitize
-from generator_host.chat.message import ChatEvent, ChatMessage, Role, Viewer
+from generator_host.core.message import ChatEvent, ChatMessage, Role, Viewer
+from generator_host.edges.chat.ircparse import sanitize
 
 
 class ConsoleAdapter:

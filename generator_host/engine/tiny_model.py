@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from generator_host import settings
-from generator_host.safety import CONCEPTS, SPECIAL_CARE
+from generator_host.core import settings
+from generator_host.engine.safety import CONCEPTS, SPECIAL_CARE
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _randomise_concepts(checker: Any, seed: int) -> None:
 def image_embedding(checker: Any, feature_extractor: Any, image: Any) -> Any:
     """The checker's projected CLIP embedding of one PIL image (1-D float32 tensor),
     computed exactly as the verdict computes it."""
-    from generator_host.safety import embeddings
+    from generator_host.engine.safety import embeddings
 
     return embeddings(checker, feature_extractor, [image])[0].float().cpu()
 

@@ -24,8 +24,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from generator_host.files import write_private
-from generator_host.settings import LinkSettings
+from generator_host.core.settings import LinkSettings
+from generator_host.edges.files import write_private
 from obs_script import chat_diffusion_protocol as protocol
 
 log = logging.getLogger(__name__)

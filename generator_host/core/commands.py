@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from generator_host.chat.message import Role
+from generator_host.core.message import Role
 
 # Every command word the show knows; grep for a word to find its behaviour in show.py.
 COMMANDS: tuple[str, ...] = (

@@ -242,7 +242,9 @@ def test_chat_text_never_becomes_a_path_an_irc_line_or_a_setting(hostile: Hostil
         if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in line)
         or (line.split(" ")[0].upper() == "JOIN" and line != "JOIN #streamer")
     ]  # fmt: skip
-    wrong_channel = [p for p in privmsgs if " PRIVMSG #streamer :" not in p]
+    wrong_channel = [
+        p for p in privmsgs if " PRIVMSG #streamer :" not in " " + p
+    ]  # tags are optional
     slash = [p for p in privmsgs if p.split(" :", 1)[1].startswith(("/", "."))]
     record(
         "security: hostile chat text",

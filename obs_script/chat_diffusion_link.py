@@ -47,11 +47,15 @@ class NoToken(Exception):
     """No token set, and the host's token file on this computer is not there (yet)."""
 
 
-def default_token_path(platform: str = "", env: Any = None, home: str = "") -> str:
-    """Where the host keeps its link token on this computer (its data folder).
+def token_paths(platform: str = "", env: Any = None, home: str = "") -> list[str]:
+    """Where the host may keep its link token on this computer, most likely first.
 
-    Mirrors platformdirs' user_data_dir("chat-diffusion"), which the host uses; a test
-    checks the two agree. Lets a streamer leave Token empty when both run on one machine.
+    The host writes it in its data folder, platformdirs' user_data_dir("chat-diffusion")
+    (a test checks the two agree). OBS and the host may not share one environment: OBS
+    started from the desktop never sees a shell's XDG_DATA_HOME, and a Flatpak OBS gets
+    its own XDG_DATA_HOME inside the sandbox. So the script tries the folder its own
+    environment names and then the default one; on macOS the host ignores XDG_* (see
+    generator_host.core.settings.data_dir), so there is one place only.
     """
     import sys
 
@@ -59,22 +63,36 @@ def default_token_path(platform: str = "", env: Any = None, home: str = "") -> s
     env = os.environ if env is None else env
     home = home or os.path.expanduser("~")
     if platform.startswith("win"):
-        base = env.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-        return os.path.join(base, "chat-diffusion", "link-token")
-    if platform == "darwin":
-        base = os.path.join(home, "Library", "Application Support")
-        return os.path.join(base, "chat-diffusion", "link-token")
-    base = env.get("XDG_DATA_HOME", "").strip() or os.path.join(home, ".local", "share")
-    return os.path.join(base, "chat-diffusion", "link-token")
+        bases = [env.get("LOCALAPPDATA", ""), os.path.join(home, "AppData", "Local")]
+    elif platform == "darwin":
+        bases = [os.path.join(home, "Library", "Application Support")]
+    else:
+        bases = [env.get("XDG_DATA_HOME", "").strip(), os.path.join(home, ".local", "share")]
+    paths = [os.path.join(b, "chat-diffusion", "link-token") for b in bases if b]
+    return list(dict.fromkeys(paths))
+
+
+def default_token_path(platform: str = "", env: Any = None, home: str = "") -> str:
+    """The token file shown in messages: the first of token_paths() that exists, else the
+    first of them."""
+    paths = token_paths(platform, env, home)
+    return next((p for p in paths if os.path.exists(p)), paths[0])
 
 
 def read_local_token(path: str = "") -> str:
-    """The token from the host's token file, or "" when there is none to read."""
-    try:
-        with open(path or default_token_path(), encoding="utf-8") as f:
-            return f.read(protocol.MAX_TOKEN + 1).strip()[: protocol.MAX_TOKEN]
-    except (OSError, UnicodeDecodeError):
-        return ""
+    """The token from the host's token file, or "" when there is none to read.
+
+    utf-8-sig: a file saved by Notepad or PowerShell 5 may start with a byte-order mark.
+    """
+    for candidate in [path] if path else token_paths():
+        try:
+            with open(candidate, encoding="utf-8-sig") as f:
+                token = f.read(protocol.MAX_TOKEN + 1).strip()[: protocol.MAX_TOKEN]
+        except (OSError, UnicodeDecodeError):
+            continue
+        if token:
+            return token
+    return ""
 
 
 def is_local_address(address: str) -> bool:
@@ -106,10 +124,12 @@ def parse_address(address: str) -> tuple[str, str, int, bool]:
 
 
 class ImageStore:
-    """Writes each image under a NEW name in our folder, atomically, and prunes old ones.
+    """Writes each image under a NEW name in our folder, and prunes old ones.
 
-    A new name per image is what makes OBS show it at once (setting `file` to a new path),
-    and writing to a temporary name first means OBS never reads a half-written PNG.
+    A new name per image is what makes OBS show it at once (setting `file` to a new path).
+    The file is written in place, not renamed: OBS is given the path only after the write
+    returns, so it never reads half a PNG, and there is no rename for a Windows antivirus
+    that opens every new file to make fail (WinError 5/32).
     """
 
     def __init__(self, folder: str) -> None:
@@ -160,10 +180,8 @@ class ImageStore:
         self._seq += 1
         name = f"{self.prefix}{self._seq}-{entry_id}.png"
         path = os.path.join(self.folder, name)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with open(path, "wb") as f:
             f.write(png)
-        os.replace(tmp, path)
         self._mine.append(path)
         while len(self._mine) > KEEP_IMAGES:
             old = self._mine.pop(0)

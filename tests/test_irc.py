@@ -6,9 +6,11 @@ import asyncio
 import dataclasses
 import io
 import logging
+import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -390,14 +392,7 @@ def test_repeated_text_is_varied_so_twitch_does_not_drop_it(twitch_server, twitc
 
 
 def test_tls_connection(tmp_path: Path, twitch_settings):
-    require(shutil.which("openssl") is not None, "openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = _self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
@@ -418,6 +413,65 @@ def test_tls_connection(tmp_path: Path, twitch_settings):
     finally:
         server.stop()
     assert events[0].text == "!help"
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    require(shutil.which("openssl") is not None, "openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_an_untrusted_certificate_is_reported_once_with_the_fix(
+    tmp_path: Path, twitch_settings, caplog
+):
+    """A certificate the bot cannot verify (clock, TLS-inspecting antivirus): one clear
+    error naming the fix, then quiet retries, never a warning per attempt."""
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server = TwitchServer("streamer", ssl_context=server_ctx).start()
+    settings = dataclasses.replace(twitch_settings, port=server.port, tls=True)
+    caplog.set_level(logging.DEBUG, logger="generator_host.edges.chat.irc")
+
+    async def main() -> None:
+        adapter = TwitchAdapter(settings, backoff_base=0.01)
+        task = asyncio.ensure_future(adapter.run(lambda e: None))
+        tries = lambda: sum("certificate" in r.getMessage() for r in caplog.records)  # noqa: E731
+        assert await until(lambda: tries() >= 4, 10)
+        await adapter.close()
+        await asyncio.wait_for(task, 5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 1, [r.getMessage() for r in loud]
+    text = loud[0].getMessage()
+    assert loud[0].levelno == logging.ERROR
+    assert "cannot verify the TLS certificate of 127.0.0.1" in text
+    assert "date and time" in text and "antivirus" in text
+
+
+def test_the_tls_context_trusts_certifi_even_without_system_roots(tmp_path: Path):
+    """python.org's Python on macOS has no root certificates of its own: the context for
+    Twitch must still hold a full set (certifi's), whatever the system offers."""
+    code = (
+        "from generator_host.edges.chat.irc import tls_context; "
+        "print(tls_context().cert_store_stats()['x509_ca'])"
+    )
+    env = dict(os.environ, SSL_CERT_FILE=str(tmp_path / "none.pem"), SSL_CERT_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) > 100
 
 
 def test_token_file_is_private(tmp_path: Path):

@@ -111,3 +111,13 @@ def test_tokens_never_show_in_a_repr_of_the_settings() -> None:
     shown = repr(settings)
     assert "twitch-secret-123" not in shown and "link-secret-456" not in shown
     assert "channel=" in shown  # the rest still shows
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    """Notepad's "UTF-8 with BOM" and PowerShell 5's Out-File start the file with U+FEFF,
+    which TOML does not allow: it must not cost the streamer their settings."""
+    path = tmp_path / "config.toml"
+    path.write_text('\ufeff[twitch]\r\nchannel = "rita"\r\n', encoding="utf-8")
+    settings, problems = load_settings(path)
+    assert problems == []
+    assert settings.twitch.channel == "rita"

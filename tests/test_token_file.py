@@ -54,3 +54,51 @@ def test_a_missing_or_unreadable_token_file_gives_no_token(link_mod, tmp_path: P
     bad = tmp_path / "bad"
     bad.write_bytes(b"\xff\xfe\x00garbage")
     assert link_mod.read_local_token(str(bad)) == ""
+
+
+def test_a_flatpak_obs_finds_the_token_the_host_wrote_outside_the_sandbox(
+    link_mod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flatpak OBS sets its own XDG_DATA_HOME (~/.var/app/<id>/data); the host, started
+    from a shell, writes under ~/.local/share: the script tries both."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    host_file = data_dir() / "link-token"
+    token = load_or_create_token(host_file)
+    assert host_file.parent == tmp_path / ".local" / "share" / "chat-diffusion"
+    sandbox = tmp_path / ".var" / "app" / "com.obsproject.Studio" / "data"
+    monkeypatch.setenv("XDG_DATA_HOME", str(sandbox))
+    assert link_mod.read_local_token() == token
+    assert link_mod.default_token_path() == str(host_file)
+
+
+def test_on_macos_the_host_ignores_xdg_so_obs_from_the_dock_finds_the_token(
+    link_mod, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    from generator_host.core.settings import config_dir
+
+    support = tmp_path / "Library" / "Application Support" / "chat-diffusion"
+    assert data_dir() == support and config_dir() == support
+    # what the script computes inside OBS, which has no XDG variables at all
+    assert link_mod.token_paths("darwin", {}, str(tmp_path)) == [str(support / "link-token")]
+
+
+def test_token_files_with_a_byte_order_mark_are_read(link_mod, tmp_path: Path) -> None:
+    """Notepad's "UTF-8 with BOM" and PowerShell 5 start the file with U+FEFF."""
+    path = tmp_path / "link-token"
+    path.write_text("\ufeffsecret-token-123\r\n", encoding="utf-8")
+    assert link_mod.read_local_token(str(path)) == "secret-token-123"
+    assert load_or_create_token(path) == "secret-token-123"
+
+
+def test_token_paths_try_the_environment_then_the_default(link_mod) -> None:
+    env = {"XDG_DATA_HOME": "/x"}
+    assert link_mod.token_paths("linux", env, "/home/a") == [
+        "/x/chat-diffusion/link-token",
+        "/home/a/.local/share/chat-diffusion/link-token",
+    ]
+    assert len(link_mod.token_paths("linux", {}, "/home/a")) == 1

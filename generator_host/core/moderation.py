@@ -125,7 +125,7 @@ def load_blocklist(path: str = "") -> tuple[Blocklist, list[str]]:
     """Read the streamer's list file (empty path: the shipped default)."""
     file = Path(path).expanduser() if path else default_blocklist_path()
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
         problems = [f"blocklist {file}: cannot read ({exc}); using the default list"]
         if not path:

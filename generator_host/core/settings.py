@@ -29,12 +29,24 @@ FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 
 
+def _macos_support_dir() -> Path | None:
+    """macOS: ~/Library/Application Support/chat-diffusion whatever the environment says.
+
+    platformdirs honours XDG_CONFIG_HOME / XDG_DATA_HOME on macOS too, but OBS started
+    from the Dock never sees a shell's XDG variables, and the OBS script looks for the
+    link token here; so the host must not depend on the environment there.
+    """
+    if sys.platform != "darwin":
+        return None
+    return Path.home() / "Library" / "Application Support" / APP_NAME
+
+
 def config_dir() -> Path:
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+    return _macos_support_dir() or Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
 def data_dir() -> Path:
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    return _macos_support_dir() or Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
 def cache_dir() -> Path:
@@ -255,7 +267,7 @@ def load_settings(path: Path | None) -> tuple[Settings, list[str]]:
     problems: list[str] = []
     if path is not None and path.exists():
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError, RecursionError) as exc:
             problems.append(f"{path}: cannot read config ({exc}); using defaults")
             raw = {}

@@ -10,7 +10,35 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+# Windows: an antivirus or the search indexer opens a file the moment it is written, and
+# renaming over it (or it) then fails with WinError 5 (access denied) or 32 (in use) for
+# a few tens of milliseconds. Retried with backoff for up to ~2 s in all.
+REPLACE_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
+_SHARING_ERRORS = (5, 32, 33)  # ERROR_ACCESS_DENIED, _SHARING_VIOLATION, _LOCK_VIOLATION
+
+
+def _transient(exc: OSError) -> bool:
+    """A Windows share/lock error that goes away once the other reader lets go."""
+    return isinstance(exc, PermissionError) or getattr(exc, "winerror", None) in _SHARING_ERRORS
+
+
+def replace_retrying(
+    src: str | Path, dst: str | Path, sleep: Callable[[float], None] | None = None
+) -> None:
+    """os.replace, retried with backoff while another process briefly holds a file."""
+    sleep = sleep or time.sleep
+    for delay in (*REPLACE_DELAYS, None):
+        try:
+            os.replace(src, dst)
+            return
+        except OSError as exc:
+            if delay is None or not _transient(exc):
+                raise
+            sleep(delay)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -24,7 +52,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        replace_retrying(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

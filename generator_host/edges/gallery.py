@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -27,7 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from generator_host.core.generation import Entry, GenerationResult
 from generator_host.core.settings import APPROVAL_MODES, GallerySettings
-from generator_host.edges.files import write_atomic
+from generator_host.edges.files import replace_retrying, write_atomic
 from generator_host.engine import grid
 
 log = logging.getLogger(__name__)
@@ -453,7 +452,7 @@ class Gallery:
                     dest = self._tile_path(entry.id, k, True, entry.created)
                     try:
                         dest.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(self.folder / rel, dest)
+                        replace_retrying(self.folder / rel, dest)
                         rel = str(dest.relative_to(self.folder))
                     except OSError as exc:
                         self._report("move", f"cannot move an approved image ({exc})")

@@ -45,7 +45,7 @@ def load_or_create_token(path: Path) -> str:
     """
     path = Path(path)
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = path.read_text(encoding="utf-8-sig").strip()
     except FileNotFoundError:
         token = ""
     if token:

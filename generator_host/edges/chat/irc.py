@@ -85,9 +85,35 @@ class SendLimiter:
 class _Dropped(Exception):
     """The connection ended; reconnect (after backoff unless `now`)."""
 
-    def __init__(self, reason: str, now: bool = False) -> None:
+    def __init__(self, reason: str, now: bool = False, certificate: bool = False) -> None:
         super().__init__(reason)
         self.now = now
+        self.certificate = certificate  # TLS verification failed: retrying alone won't fix it
+
+
+CERTIFICATE_FIX = (
+    "check that this computer's date and time are right; an antivirus or proxy that "
+    "inspects encrypted connections must be told to leave {host} alone (or its "
+    "certificate added to the system's trusted ones)"
+)
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS context for Twitch: the system's trusted roots plus certifi's.
+
+    Why both: python.org's Python on macOS ships no root certificates until its "Install
+    Certificates.command" is run, so the system's store alone fails there; certifi's
+    bundle (Mozilla's roots) always exists. The system's store is kept so a root the
+    user trusts (a company proxy's) still works.
+    """
+    ctx = ssl.create_default_context()
+    try:
+        import certifi
+
+        ctx.load_verify_locations(cafile=certifi.where())
+    except (ImportError, OSError, ssl.SSLError) as exc:  # a broken install: say why
+        log.warning("certifi's root certificates are not usable (%s)", exc)
+    return ctx
 
 
 class _Connection:
@@ -183,6 +209,7 @@ class TwitchAdapter:
 
     async def _run(self, on_event: Callable[[ChatEvent], None]) -> None:
         failures = 0
+        certificate_reported = False
         while not self._closing:
             started = self.clock()
             try:
@@ -203,7 +230,16 @@ class TwitchAdapter:
                 delay = min(self.backoff_base * 2**failures, self.settings.reconnect_max_seconds)
                 delay *= random.uniform(0.8, 1.2)
                 failures += 1
-                log.warning("Twitch chat connection lost (%s); reconnecting in %.1f s", drop, delay)
+                if drop.certificate and not certificate_reported:
+                    certificate_reported = True  # once: retries stay quiet until it works
+                    fix = CERTIFICATE_FIX.format(host=self.settings.host)
+                    log.error("Twitch chat: %s. To fix: %s. Retrying quietly", drop, fix)
+                elif drop.certificate:
+                    log.debug("Twitch chat: %s; reconnecting in %.1f s", drop, delay)
+                else:
+                    log.warning(
+                        "Twitch chat connection lost (%s); reconnecting in %.1f s", drop, delay
+                    )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
 
@@ -232,12 +268,18 @@ class TwitchAdapter:
         s = self.settings
         ctx = self._ssl
         if s.tls and ctx is None:
-            ctx = ssl.create_default_context()
+            ctx = self._ssl = tls_context()
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(s.host, s.port, ssl=ctx if s.tls else None),
                 timeout=self.login_timeout,
             )
+        except ssl.SSLCertVerificationError as exc:
+            raise _Dropped(
+                f"cannot verify the TLS certificate of {s.host}:{s.port} "
+                f"({exc.verify_message or exc})",
+                certificate=True,
+            ) from None
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             raise _Dropped(f"cannot connect to {s.host}:{s.port}: {exc}") from None
         self.connections += 1

@@ -6,6 +6,7 @@ Heavy imports (torch, diffusers) happen inside the subcommands, so `--help` is i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -82,7 +83,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _console_never_raises() -> None:
+    """Chat text (emoji, any script) must never break a print or a log line.
+
+    A Windows console redirected to a file or pipe encodes with the ANSI code page
+    (cp1252), which has no emoji: a prompt like "a fox 🦊" would raise UnicodeEncodeError
+    in print() and "--- Logging error ---" in logging. Unencodable characters are
+    written as \\U escapes instead.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
 def _setup_logging(level: str) -> None:
+    _console_never_raises()
     # transformers and diffusers speak through their own loggers; keep their chatter
     # (e.g. "torchvision not installed" notes) out of the streamer's terminal.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -74,17 +74,33 @@ def _websocket_ready() -> bool:
     return link_mod.websocket is not None
 
 
+def obs_python_executable(platform: str, prefix: str, version: str) -> str:
+    """The interpreter of the Python OBS loaded (inside OBS, sys.executable is OBS itself).
+
+    Windows: <install folder>\\python.exe; macOS (a framework): <prefix>/bin/python3.X;
+    Linux: OBS links the system's libpython, whose interpreter is /usr/bin/python3.
+    """
+    if platform.startswith("win"):
+        return prefix.rstrip("\\/") + "\\python.exe"
+    if platform == "darwin":
+        return f"{prefix.rstrip('/')}/bin/python{version}"
+    return "/usr/bin/python3"
+
+
 def _install_help() -> str:
+    import html
+
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    python = obs_python_executable(sys.platform, sys.prefix, version)
+    command = html.escape(f'"{python}" -m pip install websocket-client')  # quoted: spaces
     if sys.platform.startswith("linux"):
         how = "On Debian/Ubuntu: <code>sudo apt install python3-websocket</code>. Elsewhere: "
     else:
-        how = ""
+        how = "In a Command Prompt (Windows) or Terminal (macOS): "
     return (
         "<p><b>websocket-client is missing</b> for the Python OBS uses "
-        f"(Python {version}, {sys.prefix}). {how}"
-        f"<code>python{version} -m pip install websocket-client</code> with that same "
-        "Python (Windows/macOS: the one chosen in Tools &gt; Scripts &gt; Python Settings), "
+        f"(Python {version}, {html.escape(sys.prefix)}). {how}"
+        f"<code>{command}</code>, "
         "or install it into a virtual environment and set <i>Extra packages folder</i> "
         "to its site-packages. Then press <i>Reconnect</i>.</p>"
     )

@@ -467,6 +467,7 @@ def test_the_tls_context_trusts_certifi_even_without_system_roots(tmp_path: Path
         "print(tls_context().cert_store_stats()['x509_ca'])"
     )
     env = dict(os.environ, SSL_CERT_FILE=str(tmp_path / "none.pem"), SSL_CERT_DIR=str(tmp_path))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )

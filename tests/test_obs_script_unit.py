@@ -489,8 +489,22 @@ def test_missing_websocket_client_explains_the_install(
     text = mod.script_description()
     assert "apt install python3-websocket" in text
     assert "-m pip install websocket-client" in text
+    assert "&quot;/usr/bin/python3&quot; -m pip install websocket-client" in text
     assert "missing_info" in mod.script_properties().props
     assert link_threads() == []
+
+
+def test_the_install_hint_names_obs_s_own_python_quoted(runner: Runner) -> None:
+    """Inside OBS sys.executable is OBS: the hint must name the loaded Python's own
+    interpreter (a user name with spaces stays one argument once quoted)."""
+    mod = runner.load(token=LINK_TOKEN)
+    win = mod.obs_python_executable("win32", "C:\\Users\\Jo Ann\\Python312", "3.12")
+    assert win == "C:\\Users\\Jo Ann\\Python312\\python.exe"
+    mac = mod.obs_python_executable(
+        "darwin", "/Library/Frameworks/Python.framework/Versions/3.12", "3.12"
+    )
+    assert mac == "/Library/Frameworks/Python.framework/Versions/3.12/bin/python3.12"
+    assert mod.obs_python_executable("linux", "/usr", "3.11") == "/usr/bin/python3"
 
 
 class HostileHost:

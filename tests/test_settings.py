@@ -121,3 +121,23 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     settings, problems = load_settings(path)
     assert problems == []
     assert settings.twitch.channel == "rita"
+
+
+def test_emoji_never_break_a_windows_console_redirected_to_a_file(tmp_path: Path) -> None:
+    """Redirected, a Windows console writes cp1252; chat prompts carry emoji. Simulated
+    with PYTHONIOENCODING=cp1252: no "Logging error", no UnicodeEncodeError."""
+    code = (
+        "import logging; from generator_host import cli; cli._setup_logging('INFO'); "
+        "logging.getLogger('generator_host.x').warning('prompt: a fox \\U0001f98a'); "
+        "print('reply: a fox \\U0001f98a')"
+    )
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONIOENCODING="cp1252", PYTHONPATH=repo)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=env, timeout=60, cwd=tmp_path
+    )
+    err = out.stderr.decode("cp1252")
+    assert out.returncode == 0, err
+    assert "Logging error" not in err and "UnicodeEncodeError" not in err
+    assert "prompt: a fox \\U0001f98a" in err
+    assert out.stdout.decode("cp1252").strip() == "reply: a fox \\U0001f98a"

@@ -113,8 +113,25 @@ def pick_device(wanted: str) -> str:
     return "cpu"
 
 
+def free_mps_cache(device: str) -> None:
+    """Give the memory MPS cached during a run back to macOS (OBS shares that memory on a
+    Mac; CUDA's cache is the GPU's own and is kept for speed)."""
+    if device != "mps":
+        return
+    import torch
+
+    mps = getattr(torch, "mps", None)
+    if mps is not None and hasattr(mps, "empty_cache"):
+        mps.empty_cache()
+
+
 def pick_dtype(device: str, wanted: str = "auto") -> Any:
-    """fp16 on CUDA (half the memory, twice the speed), fp32 elsewhere unless configured."""
+    """fp16 on CUDA (half the memory, twice the speed), fp32 elsewhere unless configured.
+
+    MPS stays fp32 by default: fp16 is not known to work for all these pipelines there
+    (black or NaN images are reported for SD 1.x VAEs and SDXL with attention slicing in
+    fp16, e.g. huggingface/diffusers#11229); `[model] dtype = "float16"` tries it.
+    """
     import torch
 
     names = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -220,7 +237,9 @@ class Engine:
             if settings.cpu_offload:
                 log.warning("[model] cpu_offload needs a CUDA GPU; ignored on %s", self.device)
             pipe.to(self.device)
-        if settings.attention_slicing:
+        if settings.attention_slicing or self.device == "mps":
+            # MPS runs fp32 (below) and shares the Mac's memory with OBS: diffusers
+            # recommends slicing there for any Mac under 64 GB.
             pipe.enable_attention_slicing()
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
@@ -515,6 +534,8 @@ class Engine:
                 log.exception("generation failed")
                 raise EngineError(f"generation failed: {_short(exc)}") from exc
             images = self._retry_smaller(batch[0], prompts, negatives, seeds, on_step, is_cancelled)
+        finally:
+            free_mps_cache(self.device)
         seconds = time.perf_counter() - started
         key = (_settings_key(batch[0]), len(batch))
         per_image = seconds / max(1, len(seeds))

@@ -538,6 +538,10 @@ def test_wrappers_call_install_py():
     bat = (REPO / "install" / "install.bat").read_bytes()
     assert b"\r\n" in bat and bat.count(b"\n") == bat.count(b"\r\n")  # cmd wants CRLF
     assert b'install.py" %*' in bat
+    # double-clicked from Explorer (cmd /c "...install.bat"), the window waits at the end
+    assert b"cmdcmdline" in bat and b"pause" in bat
+    # the newest Python OBS can also load comes first; 64-bit only
+    assert b"for %%V in (3.12 3.13 3.11 3.14 3.10)" in bat and b"-%%V-64" in bat
     require(shutil.which("sh") is not None, "sh")
     out = subprocess.run(
         ["sh", str(REPO / "install" / "install.sh"), "--help"],

@@ -85,8 +85,10 @@ class Runner:
 
 @pytest.fixture
 def fake_obs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeOBS]:
-    # The host's token file lives in a fresh data folder: never the real user's one.
+    # The host's token file lives in a fresh data folder: never the real user's one (the
+    # script also tries ~/.local/share, so HOME is a fresh folder too).
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     fake = FakeOBS()
     fake.add_source(IMAGE, "image_source", file="")
     for name in (REQUESTER, PROMPT, STATUS):

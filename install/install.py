@@ -532,6 +532,16 @@ def obs_can_load(version: tuple[int, ...]) -> bool:
     return lo <= tuple(version[:2]) <= hi
 
 
+def describe_found(f: FoundPython) -> str:
+    """'3.12', '3.14 (OBS cannot load it)', '3.11 32-bit (OBS cannot load it)'..."""
+    shown = ".".join(map(str, f.version)) + (" 32-bit" if f.bits != 64 else "")
+    if f.bits != 64 or not obs_can_load(f.version):
+        return f"{shown} (OBS cannot load it)"
+    if is_homebrew(f.path) or is_store_python(f.path):
+        return f"{shown} (not for OBS)"
+    return shown
+
+
 def obs_folder(system: str, python: str) -> str:
     """The folder to choose in OBS's Python Settings for this interpreter: Windows, the
     one holding python.exe; macOS (OBS 30+), the one holding Python.framework."""
@@ -1114,7 +1124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}")
         return 1
     venv = Path(place.path)
-    if in_onedrive(str(repo), os.environ):
+    if system == "Windows" and in_onedrive(str(repo), os.environ):
         print("    note: the project is inside OneDrive; keep it outside if OBS ever cannot "
               "read the script (files kept online only)")  # fmt: skip
 
@@ -1295,7 +1305,10 @@ def obs_python_step(
     obs = find_obs_python(system, os.environ, home)
     ok, probe = check_obs_python(obs.python) if obs.python else (False, None)
     if system in ("Windows", "Darwin"):
-        plan = choose_obs_python(system, obs, probe, installed_pythons(system))
+        found = installed_pythons(system)
+        if found:
+            con.info("Pythons found: " + ", ".join(describe_found(f) for f in found))
+        plan = choose_obs_python(system, obs, probe, found)
         if plan.python and plan.python != obs.python:
             ok, probe = check_obs_python(plan.python)
     else:

@@ -454,6 +454,25 @@ PY_LIST_OLD = (
 )
 
 
+def test_the_pythons_found_are_listed_with_what_obs_can_load():
+    found = inst.parse_py_list(PY_LIST_NEW)
+    assert [inst.describe_found(f) for f in found] == [
+        "3.14 (OBS cannot load it)",
+        "3.12",
+        "3.11 32-bit (OBS cannot load it)",
+    ]
+
+
+def test_printed_paths_with_spaces_are_quoted():
+    assert inst._quote("C:\\Users\\Jo Ann\\cd\\.venv\\Scripts\\generator-host.exe") == (
+        '"C:\\Users\\Jo Ann\\cd\\.venv\\Scripts\\generator-host.exe"'
+    )
+    assert (
+        inst._quote("/home/jo/cd/.venv/bin/generator-host")
+        == "/home/jo/cd/.venv/bin/generator-host"
+    )
+
+
 def test_parse_py_list_new_and_old_launchers():
     found = inst.parse_py_list(PY_LIST_NEW)
     assert [(f.version, f.bits) for f in found] == [((3, 14), 64), ((3, 12), 64), ((3, 11), 32)]

@@ -137,3 +137,12 @@ def test_cooldown_memory_stays_bounded():
     for i in range(20000):
         mod.note_request(f"user{i}", i * 0.01)
     assert len(mod._last_request) <= 4097
+
+
+def test_a_blocklist_saved_with_a_byte_order_mark_blocks_its_first_word(tmp_path) -> None:
+    """Notepad's "UTF-8 with BOM": the mark must not glue itself to the first word."""
+    path = tmp_path / "blocklist.txt"
+    path.write_text("\ufeffzombie\r\nred hat\r\n", encoding="utf-8")
+    block, problems = load_blocklist(str(path))
+    assert problems == []
+    assert block.match("a zombie parade")

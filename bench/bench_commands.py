@@ -24,6 +24,7 @@ from generator_host.core.generation import Entry
 from generator_host.core.message import ChatMessage, Viewer
 from generator_host.core.settings import Settings
 from generator_host.core.show import GenerationFinished, Show
+from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat import ircparse
 
 TARGET = 50_000
@@ -74,7 +75,7 @@ def _show() -> Show:
     settings = Settings()
     settings.moderation.max_queue = 50
     settings.show.min_display_seconds = 0.0  # measure routing, not the display policy
-    show = Show(settings, rng_seed=1)
+    show = Show(settings, rng_seed=1, blocklist=load_blocklist("")[0])
     for n in range(5):  # some history so !prev / !params have something to do
         show.handle(ChatMessage(Viewer(f"seed{n}"), f"!generate picture {n}", f"s{n}", 0.0))
         req = show.running

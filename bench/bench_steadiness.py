@@ -48,6 +48,7 @@ class MiniHost:
     def __init__(self, work: Path) -> None:
         from generator_host.core.settings import Settings
         from generator_host.core.show import Show
+        from generator_host.edges.blocklist import load_blocklist
         from generator_host.edges.gallery import Gallery
         from generator_host.engine.pipeline import Engine
         from generator_host.engine.tiny_model import build_tiny_model
@@ -64,7 +65,7 @@ class MiniHost:
         self.engine = Engine(self.settings.model, self.settings.safety)
         self.engine.load()
         self.gallery = Gallery(work / "gallery")
-        self.show = Show(self.settings, rng_seed=1)
+        self.show = Show(self.settings, rng_seed=1, blocklist=load_blocklist("")[0])
         self.frames = 0
         self.now = 1000.0
 
@@ -101,7 +102,7 @@ class MiniHost:
             out += self.show.handle(s.GenerationFinished(req.id, entry, self.now + 0.1))
         if isinstance(effect, s.Display) and effect.entry_id is not None:
             entry = self.gallery.get(effect.entry_id)
-            png = self.gallery.screen_png(effect.entry_id, effect.reveal)
+            png = self.gallery.screen_png(effect.entry_id, effect.tiles)
             if entry is not None and png is not None:
                 frame = protocol.make_show(entry.id, png, entry.requester, entry.prompt)
                 if protocol.encode(frame, "host").text:

@@ -4,6 +4,12 @@ The show decides; this module only carries out its effects and turns the outside
 (chat lines, finished generations, OBS buttons, the clock) into the show's events. The
 loop never waits on the GPU or the disk: generation, saving and PNG encoding run on a
 single worker thread, file I/O on the default executor.
+
+Effects are carried out in the order the show returned them by one consumer task that
+drains an asyncio queue (so a Display never overtakes the Approve before it, and two
+Displays reach OBS in order without a lock); a generation run is the exception: it
+becomes a tracked task of its own, since it lasts seconds, and reports back as events.
+The host reads the files the core may not: the state, the blocklist, and a random seed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import signal
 import sys
 import threading
@@ -21,13 +28,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from generator_host.core import show as show_mod
+from generator_host import exit_codes
+from generator_host.core import events as ev
 from generator_host.core.generation import Entry, GenerationRequest
 from generator_host.core.message import ChatEvent
 from generator_host.core.settings import Settings
+from generator_host.core.show import Show
+from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat.irc import LoginFailed
 from generator_host.edges.files import write_atomic
 from generator_host.engine.pipeline import EngineError
+from generator_host.ports import ChatAdapter, EngineLike, GalleryLike
 from obs_script import chat_diffusion_protocol as protocol
 
 log = logging.getLogger("generator_host.app")
@@ -43,9 +54,9 @@ class Host:
         self,
         settings: Settings,
         home: Path,
-        chat: Any,
-        engine: Any,
-        gallery: Any,
+        chat: ChatAdapter,
+        engine: EngineLike | None,
+        gallery: GalleryLike,
         link_token: str,
     ) -> None:
         self.settings = settings
@@ -55,8 +66,10 @@ class Host:
         self.gallery = gallery
         self.link_token = link_token
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.show = show_mod.Show(settings, self._load_state())
-        for problem in self.show.problems:
+        self._blocklist_file = settings.moderation.blocklist_file
+        blocklist, problems = load_blocklist(self._blocklist_file)
+        self.show = Show(settings, self._load_state(), secrets.randbits(64), blocklist=blocklist)
+        for problem in problems + self.show.problems:
             log.warning("settings: %s", problem)
         self.link: Any = None
         self.stopped = asyncio.Event()
@@ -64,8 +77,10 @@ class Host:
         self.on_screen: dict[str, Any] | None = None  # last `show` frame, resent on connect
         self.status_frame: dict[str, Any] | None = None
         self._cancel_flags: dict[str, threading.Event] = {}
-        self._state_dirty = False
-        self._display_lock = asyncio.Lock()
+        self._effects: asyncio.Queue[Any] = asyncio.Queue()
+        self._runs: set[asyncio.Task[None]] = set()  # generation runs under way
+        self._save_task: asyncio.Task[None] | None = None
+        self._consumer: asyncio.Task[None] | None = None
         self._stop_reason = "host is shutting down"
         self._state_save_failing = False
         self._state_saved = b""
@@ -82,12 +97,13 @@ class Host:
             log.warning("cannot read %s (%s); starting with an empty queue", path, exc)
             return None
 
-    async def _save_state_soon(self) -> None:
-        if self._state_dirty:
-            return
-        self._state_dirty = True
+    def _save_state_soon(self) -> None:
+        """One pending save at a time, 0.2 s after the first change (bursts coalesce)."""
+        if self._save_task is None or self._save_task.done():
+            self._save_task = asyncio.get_running_loop().create_task(self._save_after_pause())
+
+    async def _save_after_pause(self) -> None:
         await asyncio.sleep(0.2)
-        self._state_dirty = False
         await self._write_state()
 
     async def _write_state(self) -> None:
@@ -109,15 +125,24 @@ class Host:
 
     # ---- events in ----------------------------------------------------------------------
     def feed(self, event: Any) -> None:
-        """Hand one event to the show and carry out what it decides (on the loop thread)."""
+        """Hand one event to the show and queue what it decides (on the loop thread)."""
         try:
             effects = self.show.handle(event)
         except Exception:  # the show is pure; a bug there must not kill the stream
             log.exception("the show failed on %r", type(event).__name__)
             return
         for effect in effects:
-            asyncio.ensure_future(self._execute(effect))
-        asyncio.ensure_future(self._save_state_soon())
+            self._effects.put_nowait(effect)
+        self._save_state_soon()
+
+    async def _consume(self) -> None:
+        """The one consumer: effects in the show's order, each finished before the next."""
+        while True:
+            effect = await self._effects.get()
+            try:
+                await self._execute(effect)
+            finally:
+                self._effects.task_done()
 
     def on_chat(self, event: ChatEvent) -> None:
         self.feed(event)
@@ -129,10 +154,20 @@ class Host:
         if kind == "action":
             action = str(msg.get("action", ""))
             arg = str(msg.get("arg", "") or "")
-            self.feed(show_mod.StreamerAction(action=action, arg=arg, now=now))
+            self.feed(ev.StreamerAction(action=action, arg=arg, now=now))
         elif kind == "settings":
             self._apply_obs_settings(msg)
-            self.feed(show_mod.SettingsChanged(now=now))
+            self.feed(self.settings_changed(now))
+
+    def settings_changed(self, now: float) -> ev.SettingsChanged:
+        """The event for changed settings; reads the blocklist again when its file changed."""
+        blocklist = None
+        if self.settings.moderation.blocklist_file != self._blocklist_file:
+            self._blocklist_file = self.settings.moderation.blocklist_file
+            blocklist, problems = load_blocklist(self._blocklist_file)
+            for problem in problems:
+                log.warning("settings: %s", problem)
+        return ev.SettingsChanged(now=now, blocklist=blocklist)
 
     def _apply_obs_settings(self, values: dict[str, Any]) -> None:
         """Apply the script's panel settings (already validated by the protocol module)."""
@@ -155,27 +190,32 @@ class Host:
 
     # ---- effects out --------------------------------------------------------------------
     async def _execute(self, effect: Any) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            if isinstance(effect, show_mod.StartGeneration):
-                await self._generate([effect.request])
-            elif isinstance(effect, show_mod.StartBatch):
-                await self._generate(list(effect.requests))
-            elif isinstance(effect, show_mod.CancelGeneration):
+            if isinstance(effect, ev.StartGeneration | ev.StartBatch):
+                requests = [effect.request] if isinstance(effect, ev.StartGeneration) else []
+                run = loop.create_task(self._generate(requests or list(effect.requests)))
+                self._runs.add(run)
+                run.add_done_callback(self._runs.discard)
+            elif isinstance(effect, ev.CancelGeneration):
                 flag = self._cancel_flags.get(effect.request_id)
                 if flag is not None:
                     flag.set()
-            elif isinstance(effect, show_mod.Display):
-                await self._display(effect.entry_id, effect.reveal)
-            elif isinstance(effect, show_mod.Approve):
-                # under the display lock: the Display(reveal) that follows must see it approved
-                async with self._display_lock:
-                    loop = asyncio.get_running_loop()
-                    await loop.run_in_executor(None, self.gallery.approve, effect.entry_id)
-            elif isinstance(effect, show_mod.Reply):
+            elif isinstance(effect, ev.Display):
+                await self._display(effect)
+            elif isinstance(effect, ev.Approve):
+                await loop.run_in_executor(
+                    None, self.gallery.record, effect.entry_id, effect.outcome, effect.approved
+                )
+            elif isinstance(effect, ev.Reject):
+                await loop.run_in_executor(None, self.gallery.record, effect.entry_id, "rejected")
+            elif isinstance(effect, ev.Reply):
                 await self.chat.say(effect.text, effect.reply_to)
-            elif isinstance(effect, show_mod.Status):
-                await self._status(effect.text)
-            elif isinstance(effect, show_mod.Shutdown):
+            elif isinstance(effect, ev.Status):
+                await self._status(effect)
+            elif isinstance(effect, ev.Log):
+                log.info("%s", effect.text)
+            elif isinstance(effect, ev.Shutdown):
                 self._stop_reason = "the host was terminated from chat"  # link.stop says bye
                 self.stopped.set()
             else:
@@ -198,10 +238,10 @@ class Host:
 
         def on_step(step: int, total: int) -> None:
             live = next((r.id for r in requests if not flags[r.id].is_set()), requests[0].id)
-            tell(show_mod.GenerationProgress(live, step, total, now=time.monotonic()))
+            tell(ev.GenerationProgress(live, step, total, now=time.monotonic()))
 
         def work() -> list[Any]:
-            tell(show_mod.GenerationStarted(requests[0].id, now=time.monotonic()))
+            tell(ev.GenerationStarted(requests[0].id, now=time.monotonic()))
             if len(requests) == 1:  # engine.generate: what max_batch = 1 always did
                 request = requests[0]
                 flag = flags[request.id]
@@ -247,7 +287,7 @@ class Host:
             if not isinstance(outcome, EngineError):  # Cancelled, OutOfMemory: expected
                 log.error("generation %s failed", request.id, exc_info=outcome)
             reason = str(outcome) or type(outcome).__name__
-            return show_mod.GenerationFailed(request.id, reason=reason, now=time.monotonic())
+            return ev.GenerationFailed(request.id, reason=reason, now=time.monotonic())
         entry: Entry = outcome
         log.info(
             "image %d for @%s ready (%s): %s",
@@ -256,45 +296,45 @@ class Host:
             entry.outcome,
             entry.prompt[:80],
         )
-        return show_mod.GenerationFinished(request.id, entry=entry, now=time.monotonic())
+        return ev.GenerationFinished(request.id, entry=entry, now=time.monotonic())
 
-    async def _display(self, entry_id: int | None, reveal: bool) -> None:
-        # Each Display runs as its own task and awaits the disk; the lock (FIFO) keeps the
-        # frames reaching OBS in the order the show decided, so the screen never ends up
-        # on an older picture.
-        async with self._display_lock:
-            await self._display_now(entry_id, reveal)
-            if self.gallery.legacy_folder is not None:
-                # for set-ups without the script: stream.png and texts, after OBS's frame
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(None, self.gallery.publish_legacy, entry_id, reveal)
+    async def _display(self, effect: ev.Display) -> None:
+        """The picture as the show says (its tiles), to OBS, then the legacy files."""
+        await self._display_now(effect)
+        if self.gallery.legacy_folder is not None:
+            # for set-ups without the script: stream.png and texts, after OBS's frame
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(
+                None, self.gallery.publish_legacy, effect.entry_id, effect.tiles
+            )
 
-    async def _display_now(self, entry_id: int | None, reveal: bool) -> None:
+    async def _display_now(self, effect: ev.Display) -> None:
         loop = asyncio.get_running_loop()
-        if entry_id is None:
+        if effect.entry_id is None:
             self.on_screen = None
             await self._broadcast(protocol.make_clear())
             return
-        entry = await loop.run_in_executor(None, self.gallery.get, entry_id)
-        png = await loop.run_in_executor(None, self.gallery.screen_png, entry_id, reveal)
+        entry = await loop.run_in_executor(None, self.gallery.get, effect.entry_id)
+        png = await loop.run_in_executor(
+            None, self.gallery.screen_png, effect.entry_id, effect.tiles
+        )
         if entry is None or png is None:
-            log.warning("entry %s has no image to show", entry_id)
+            log.warning("entry %s has no image to show", effect.entry_id)
             return
         frame = protocol.make_show(
             entry.id,
             png,
             requester=entry.requester,
             prompt=entry.prompt,
-            held=entry.outcome == "held" and not reveal,
-            blurred=entry.outcome == "blurred" and not reveal,
+            held=effect.held,
+            blurred=effect.blurred,
         )
         self.on_screen = frame
         await self._broadcast(frame)
 
-    async def _status(self, text: str) -> None:
-        progress = getattr(self.show, "_progress", None) or (0, 0)
+    async def _status(self, status: ev.Status) -> None:
         self.status_frame = protocol.make_status(
-            text, step=progress[0], total=progress[1], queue=self.show.queued
+            status.text, step=status.step, total=status.total, queue=status.queue
         )
         await self._broadcast(self.status_frame)
 
@@ -310,7 +350,7 @@ class Host:
     async def _ticker(self) -> None:
         while not self.stopped.is_set():
             await asyncio.sleep(TICK_SECONDS)
-            self.feed(show_mod.Tick(now=time.monotonic()))
+            self.feed(ev.Tick(now=time.monotonic()))
 
     async def run(self, on_ready: Callable[[Any], None] | None = None) -> int:
         from generator_host.edges.link import LinkServer
@@ -319,6 +359,7 @@ class Host:
         # What was on screen before a restart is ready before the first OBS connects.
         for effect in self.show.resume(time.monotonic()):
             await self._execute(effect)
+        self._consumer = self._loop.create_task(self._consume())
         self.link = LinkServer(
             self.settings.link, self.link_token, self.on_link_message, self.initial_state
         )
@@ -327,12 +368,12 @@ class Host:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stopped.set)
         # Resume the queue.
-        self.feed(show_mod.SettingsChanged(now=time.monotonic()))
+        self.feed(self.settings_changed(time.monotonic()))
         if on_ready is not None:
             on_ready(self)
-        chat_task = asyncio.ensure_future(self.chat.run(self.on_chat))
-        ticker = asyncio.ensure_future(self._ticker())
-        stop_task = asyncio.ensure_future(self.stopped.wait())
+        chat_task = self._loop.create_task(self.chat.run(self.on_chat))
+        ticker = self._loop.create_task(self._ticker())
+        stop_task = self._loop.create_task(self.stopped.wait())
         done, _ = await asyncio.wait({chat_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if chat_task in done and not self.stopped.is_set():
             exc = chat_task.exception()
@@ -341,33 +382,39 @@ class Host:
             else:
                 await self._drain()
         ticker.cancel()
+        stop_task.cancel()
         for cancel in self._cancel_flags.values():
             cancel.set()
+        with contextlib.suppress(asyncio.TimeoutError):  # the bye and the last frames
+            await asyncio.wait_for(self._effects.join(), timeout=2.0)
         chat_task.cancel()
         with contextlib.suppress(Exception):
             await self.chat.close()
         await self.link.stop(self._stop_reason)
         self.worker.shutdown(wait=True, cancel_futures=True)
+        if self._runs:
+            await asyncio.gather(*self._runs, return_exceptions=True)
+        self._consumer.cancel()
+        if self._save_task is not None:
+            self._save_task.cancel()
         await self._write_state()  # last, after every task that could change the show
         return self.exit_code
 
     async def _drain(self) -> None:
         """End of input (a piped demo): finish what is queued, then stop."""
         while not self.stopped.is_set() and (
-            self.show.running or self.show.queued or self.show.on_deck
+            self.show.running or self.show.queued or self.show.on_deck or self._runs
         ):
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # let the last image reach OBS
 
 
 def _exit_code_for(exc: BaseException) -> int:
-    from generator_host.cli import EXIT_ENGINE, EXIT_LOGIN
-
     if isinstance(exc, LoginFailed):
         print(f"Twitch login failed: {exc}", file=sys.stderr)
-        return EXIT_LOGIN
+        return exit_codes.EXIT_LOGIN
     log.error("chat connection ended: %s", exc)
-    return EXIT_ENGINE
+    return exit_codes.EXIT_ENGINE
 
 
 def _load_engine(settings: Settings) -> Any:
@@ -400,12 +447,10 @@ def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any,
     return engine, gallery, token
 
 
-def _serve(settings: Settings, home: Path, token_dir: Path, chat: Any) -> int:
-    from generator_host.cli import EXIT_ENGINE
-
+def _serve(settings: Settings, home: Path, token_dir: Path, chat: ChatAdapter) -> int:
     engine, gallery, token = _prepare(settings, home, token_dir)
     if engine is None:
-        return EXIT_ENGINE
+        return exit_codes.EXIT_ENGINE
 
     async def main() -> int:
         host = Host(settings, home, chat, engine, gallery, token)

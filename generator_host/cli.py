@@ -19,13 +19,11 @@ from generator_host.core.settings import (
     default_config_path,
     load_settings,
 )
+from generator_host.exit_codes import EXIT_ENGINE, EXIT_LOGIN, EXIT_OK, EXIT_USAGE
 
 log = logging.getLogger("generator_host")
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_LOGIN = 3
-EXIT_ENGINE = 4
+__all__ = ["EXIT_ENGINE", "EXIT_LOGIN", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -8,18 +8,22 @@ would receive is recorded where the host hands it to the link.
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from generator_host.app import Host
 from generator_host.core.message import ChatMessage, Role, Viewer
 from generator_host.core.settings import Settings
 from generator_host.edges.gallery import Gallery
+from generator_host.engine.grid import placeholder
 from obs_script import chat_diffusion_protocol as protocol
 from tests.fixtures_model import make_tiny_engine, tiny_settings
 
@@ -224,14 +228,16 @@ def test_cancel_inside_a_running_batch_drops_only_that_picture(
 
 
 def test_approve_puts_the_held_picture_on_screen_unfiltered(make_host: Any) -> None:
-    """!approve through the real host, gallery and engine: the held placeholder is replaced
-    by the picture itself (the approval runs under the display lock, so the display that
-    follows it always sees the picture approved)."""
+    """!approve through the real host, gallery and engine: OBS first gets the placeholder,
+    then the very pixels the engine made (the gallery's saved tile), in that order."""
     host = make_host(max_batch=1, min_display=0.0)
     boss = Viewer("boss", "Boss", role=Role.BROADCASTER)
 
     def shows() -> list[dict[str, Any]]:
         return [f for _, f in host.frames if f["type"] == "show"]
+
+    def pixels(png: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
     async def scenario() -> None:
         # the strictest offset, as the OBS slider sends it: every picture is flagged
@@ -239,9 +245,15 @@ def test_approve_puts_the_held_picture_on_screen_unfiltered(make_host: Any) -> N
         for attempt in range(3):
             say(host, "ann", f"!generate a fox {attempt}")
             await until(lambda: len(shows()) == 2 * attempt + 1)  # noqa: B023
-            assert shows()[-1]["held"]
+            held = shows()[-1]
+            assert np.array_equal(pixels(held["image"]), np.asarray(placeholder((64, 64))))
             host.on_chat(ChatMessage(boss, "!approve", f"ok-{attempt}", time.monotonic()))
             await until(lambda: len(shows()) == 2 * attempt + 2)  # noqa: B023
-            assert not shows()[-1]["held"] and not shows()[-1]["blurred"]
+            shown = shows()[-1]
+            assert shown["entry_id"] == held["entry_id"]
+            path = host.gallery.tile_path(shown["entry_id"], 0)
+            assert path is not None and path.parent.parent == host.gallery.public_dir
+            with Image.open(path) as original:
+                assert np.array_equal(pixels(shown["image"]), np.asarray(original.convert("RGB")))
 
     run_scenario(host, scenario)

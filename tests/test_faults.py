@@ -203,7 +203,7 @@ def test_chat_reconnect_and_drops_during_a_flood_lose_and_repeat_nothing(
     written in the last 200 ms before a cut (RST) are in flight and may die with it.
     Everything else must reach the queue or the gallery exactly once.
     """
-    from generator_host.core.moderation import load_blocklist
+    from generator_host.edges.blocklist import load_blocklist
 
     blocklist, _ = load_blocklist("")
     assert not any(blocklist.match(f"flood fox {i}") for i in range(300))  # all acceptable

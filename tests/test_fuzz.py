@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from generator_host.core import commands as cmds
 from generator_host.core import settings as settings_mod
 from generator_host.core.message import ChatMessage, MessageDeleted, Role, UserRemoved, Viewer
+from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat import ircparse
 from obs_script import chat_diffusion_protocol as protocol
 from tests.reliability_helpers import obs_link_module, record
@@ -358,7 +359,7 @@ def _show() -> Any:
     if _SHOW is None:
         from generator_host.core.show import Show
 
-        _SHOW = Show(settings_mod.Settings())
+        _SHOW = Show(settings_mod.Settings(), blocklist=load_blocklist("")[0])
     return _SHOW
 
 
@@ -463,7 +464,7 @@ def test_the_show_starts_with_any_loaded_config(raw: Any) -> None:
     settings, _ = settings_mod.settings_from_dict(raw)
     from generator_host.core.show import Show
 
-    show = Show(settings)
+    show = Show(settings, blocklist=load_blocklist(settings.moderation.blocklist_file)[0])
     viewer = Viewer("viewer", "Viewer", "1", Role.BROADCASTER)
     show.handle(ChatMessage(viewer=viewer, text="!generate a fox", msg_id="m1", now=100.0))
 

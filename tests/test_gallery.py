@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from generator_host.core import approval
+from generator_host.core.approval import Tile
 from generator_host.core.generation import (
+    Entry,
     GenerationParams,
     GenerationRequest,
     GenerationResult,
@@ -30,6 +33,18 @@ from tests.fixtures_model import plant_on_tile
 pytestmark = pytest.mark.model
 
 MODES_THAT_FILTER = ("blur", "hold", "skip")
+
+
+def on_stream(entry: Entry) -> tuple[Tile, ...]:
+    """What the show's Display carries for this entry: the approval policy's tiles."""
+    return approval.entry_tiles(entry)
+
+
+def approve(gallery: Gallery, entry: Entry) -> Entry:
+    """!approve as the show does it: the policy decides, the gallery stores."""
+    decision = approval.approve(entry)
+    assert not decision.refusal
+    return gallery.record(entry.id, decision.outcome, decision.approved)
 
 
 def _request(params: GenerationParams, login: str = "viewer") -> GenerationRequest:
@@ -89,18 +104,17 @@ def test_a_flagged_tile_at_any_position_never_reaches_the_screen_unfiltered(
                 legacy_folder=tmp_path / f"obs{count}-{position}-{mode}",
             )
             entry = gallery.add(result, mode)
-            for reveal in (False, True):  # reveal must do nothing before !approve
-                png = gallery.screen_png(entry.id, reveal=reveal)
-                if mode == "skip":
-                    assert png is None
-                    continue
+            png = gallery.screen_png(entry.id, on_stream(entry))
+            if mode == "skip":
+                assert png is None
+            else:
                 shown = _tiles_of(png, count)
                 for k in range(count):
                     if k == position:
                         assert not _looks_like(shown[k], originals[k]), (position, mode)
                     else:
                         assert np.array_equal(shown[k], originals[k]), (position, mode)
-            gallery.publish_legacy(entry.id, reveal=True)
+            gallery.publish_legacy(entry.id, on_stream(entry))
             legacy = (gallery.legacy_folder / "stream.png").read_bytes()
             if mode != "skip":
                 assert not _looks_like(_tiles_of(legacy, count)[position], originals[position])
@@ -117,16 +131,13 @@ def test_blur_mode_end_to_end(tiny_engine: Engine, tmp_path: Path) -> None:
     assert entry.outcome == "blurred"
     assert len(list(gallery.held_dir.glob("*.png"))) == 1
     assert len(list(gallery.public_dir.rglob("*.png"))) == 3
-    approved = gallery.approve(entry.id)
+    approved = approve(gallery, entry)
     assert approved.outcome == "approved"
     assert list(gallery.held_dir.glob("*.png")) == []
     assert len(list(gallery.public_dir.rglob("*.png"))) == 4
-    revealed = _tiles_of(gallery.screen_png(entry.id, reveal=True), 4)
+    revealed = _tiles_of(gallery.screen_png(entry.id, on_stream(approved)), 4)
     assert np.array_equal(revealed[1], np.asarray(result.images[1].image))
-    # Shown again later from history without reveal: still filtered.
-    assert not _looks_like(
-        _tiles_of(gallery.screen_png(entry.id), 4)[1], np.asarray(result.images[1].image)
-    )
+    assert gallery.get(entry.id).outcome == "approved"  # shown again later: still approved
 
 
 def test_hold_mode_shows_a_placeholder_until_approved(tiny_engine: Engine, tmp_path: Path) -> None:
@@ -134,13 +145,36 @@ def test_hold_mode_shows_a_placeholder_until_approved(tiny_engine: Engine, tmp_p
     gallery = Gallery(tmp_path)
     entry = gallery.add(result, "hold")
     assert entry.outcome == "held"
-    tile = Image.fromarray(_tiles_of(gallery.screen_png(entry.id), 4)[3])
+    tile = Image.fromarray(_tiles_of(gallery.screen_png(entry.id, on_stream(entry)), 4)[3])
     from generator_host.engine.grid import placeholder
 
     assert np.array_equal(np.asarray(tile), np.asarray(placeholder((64, 64))))
-    gallery.approve(entry.id)
-    shown = _tiles_of(gallery.screen_png(entry.id, reveal=True), 4)
+    approved = approve(gallery, entry)
+    shown = _tiles_of(gallery.screen_png(entry.id, on_stream(approved)), 4)
     assert np.array_equal(shown[3], np.asarray(result.images[3].image))
+
+
+def test_one_approved_tile_goes_public_and_a_rejected_picture_leaves_no_held_file(
+    tiny_engine: Engine, tmp_path: Path
+) -> None:
+    result = _flagged_grid(tiny_engine, 4, 1)
+    result.images[3].flagged = True  # a second verdict (the checker holds one planted concept)
+    gallery = Gallery(tmp_path / "a")
+    entry = gallery.add(result, "hold")
+    one = approval.approve(entry, tile=1)
+    partly = gallery.record(entry.id, one.outcome, one.approved)
+    assert partly.outcome == "held" and partly.approved == (1,)
+    assert len(list(gallery.held_dir.glob("*.png"))) == 1  # tile 4 still private
+    shown = _tiles_of(gallery.screen_png(entry.id, on_stream(partly)), 4)
+    assert np.array_equal(shown[1], np.asarray(result.images[1].image))
+    assert not _looks_like(shown[3], np.asarray(result.images[3].image))
+    other = Gallery(tmp_path / "r")
+    held = other.add(result, "hold")
+    rejected = other.record(held.id, approval.reject(held).outcome)
+    assert rejected.outcome == "rejected"
+    assert list(other.held_dir.glob("*.png")) == []  # deleted, never published
+    assert len(list(other.public_dir.rglob("*.png"))) == 2  # the clean tiles stay
+    assert other.screen_png(held.id, on_stream(rejected)) is None
 
 
 def test_skip_mode_shows_nothing_and_keeps_the_image_private(
@@ -150,11 +184,9 @@ def test_skip_mode_shows_nothing_and_keeps_the_image_private(
     gallery = Gallery(tmp_path)
     entry = gallery.add(result, "skip")
     assert entry.outcome == "skipped"
-    assert gallery.screen_png(entry.id) is None
-    assert gallery.screen_png(entry.id, reveal=True) is None
+    assert gallery.screen_png(entry.id, on_stream(entry)) is None
     assert list(gallery.public_dir.rglob("*.png")) == []
     assert len(list(gallery.held_dir.glob("*.png"))) == 1
-    assert entry.id not in gallery.history_ids(10)  # nothing to show in !prev/slideshow
 
 
 def test_off_mode_shows_everything_unchecked(tiny_engine: Engine, tmp_path: Path) -> None:
@@ -162,7 +194,7 @@ def test_off_mode_shows_everything_unchecked(tiny_engine: Engine, tmp_path: Path
     gallery = Gallery(tmp_path)
     entry = gallery.add(result, "off")
     assert entry.outcome == "shown"
-    shown = _tiles_of(gallery.screen_png(entry.id), 4)
+    shown = _tiles_of(gallery.screen_png(entry.id, on_stream(entry)), 4)
     assert all(
         np.array_equal(s, np.asarray(i.image)) for s, i in zip(shown, result.images, strict=True)
     )
@@ -176,7 +208,7 @@ def test_an_unflagged_grid_is_shown_in_every_mode(tiny_engine: Engine, tmp_path:
         gallery = Gallery(tmp_path / mode)
         entry = gallery.add(result, mode)
         assert entry.outcome == "shown"
-        assert gallery.screen_png(entry.id) is not None
+        assert gallery.screen_png(entry.id, on_stream(entry)) is not None
 
 
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -247,14 +279,18 @@ def test_unicode_and_hostile_chat_text_never_names_a_file(
 
 def test_same_seed_saves_the_same_image_bytes(tiny_engine: Engine, tmp_path: Path) -> None:
     params = GenerationParams("twins", seed=77)
-    a = tiny_engine.generate(params, _request(params))
-    b = tiny_engine.generate(params, _request(params))
-    assert a.images[0].image.tobytes() == b.images[0].image.tobytes()
+    gallery = Gallery(tmp_path)
+    saved = []
+    for _ in range(2):
+        entry = gallery.add(tiny_engine.generate(params, _request(params)), "blur")
+        path = gallery.tile_path(entry.id, 0)
+        assert path is not None and path.is_file()
+        with Image.open(path) as im:
+            saved.append((im.convert("RGB").tobytes(), read_png_metadata(path)["parameters"]))
+    assert saved[0] == saved[1]  # the same pixels and the same parameters on disk
 
 
-def test_history_survives_a_restart_and_serves_previous_and_next(
-    tiny_engine: Engine, tmp_path: Path
-) -> None:
+def test_history_survives_a_restart(tiny_engine: Engine, tmp_path: Path) -> None:
     gallery = Gallery(tmp_path)
     ids = []
     for seed in range(3):
@@ -265,23 +301,21 @@ def test_history_survives_a_restart_and_serves_previous_and_next(
     again = Gallery(tmp_path)
     assert [e.id for e in again.recent(10)] == [skipped, *reversed(ids)]
     assert again.get(ids[1]).prompt == "picture 1"
-    assert again.neighbours(ids[1]) == (ids[0], ids[2])
-    assert again.neighbours(ids[2]) == (ids[1], None)  # the skipped entry is not shown
-    assert again.history_ids(10) == ids
-    assert again.screen_png(ids[0]) is not None  # read back from disk after the restart
+    first = again.get(ids[0])
+    assert again.screen_png(ids[0], on_stream(first)) is not None  # read back from disk
     assert again.get(9999) is None
     with pytest.raises(LookupError, match="no gallery entry 9999"):
-        again.approve(9999)
+        again.record(9999, "approved")
 
 
 def test_history_stays_instant_at_ten_thousand_entries(tiny_engine: Engine, tmp_path: Path) -> None:
-    """!prev/!next, the playlist and a look-up read a few rows, never the whole history.
+    """A look-up and the recent list read a few rows, never the whole history.
 
     Judged by SQLite itself, not by a stopwatch (a full scan of these 10,000 rows takes
     about 0.1 s: under any time limit a busy machine allows). Each SELECT the gallery runs
-    is traced: previous/next and a look-up must be searches on the primary key (the query
-    plan has no SCAN); the newest-first playlist and recent list, which have no id bound,
-    must walk the primary key in order (no temporary B-tree for ORDER BY). And each call
+    is traced: a look-up must be a search on the primary key (the query plan has no SCAN);
+    the newest-first recent list, which has no id bound, must walk the primary key in
+    order (no temporary B-tree for ORDER BY). And each call
     must run far fewer SQLite VM steps than one pass over the table.
     """
     gallery = Gallery(tmp_path)
@@ -324,7 +358,6 @@ def test_history_stays_instant_at_ten_thousand_entries(tiny_engine: Engine, tmp_
     _, full_pass = traced(lambda: conn.execute("SELECT count(*) FROM entries WHERE outcome != ''"))
     by_key = ("USING INTEGER PRIMARY KEY", "USING INDEX", "USING COVERING INDEX")
     for name, call in [
-        ("neighbours", lambda: gallery.neighbours(5000)),
         ("get", lambda: gallery.get(5000)),
     ]:
         selects, used = traced(call)
@@ -334,7 +367,6 @@ def test_history_stays_instant_at_ten_thousand_entries(tiny_engine: Engine, tmp_
             assert not any(s.startswith("SCAN") for s in p), (name, sql, p)
         assert used < full_pass / 5, (name, used, full_pass)
     for name, call in [
-        ("history_ids", lambda: gallery.history_ids(200)),
         ("recent", lambda: gallery.recent(50)),
     ]:
         selects, used = traced(call)
@@ -342,9 +374,8 @@ def test_history_stays_instant_at_ten_thousand_entries(tiny_engine: Engine, tmp_
             p = plan(sql)
             assert not any("TEMP B-TREE" in s for s in p), (name, sql, p)
         assert used < full_pass / 5, (name, used, full_pass)
-    assert gallery.neighbours(5000) == (4999, 5001)
-    assert gallery.neighbours(10_001) == (10_000, None)
-    assert gallery.history_ids(200) == list(range(9802, 10_002))
+    assert gallery.get(5000).id == 5000
+    assert [e.id for e in gallery.recent(3)] == [10_001, 10_000, 9999]
 
 
 def test_a_full_disk_does_not_stop_the_image_being_shown(
@@ -359,7 +390,7 @@ def test_a_full_disk_does_not_stop_the_image_being_shown(
         for seed in (1, 2):
             params = GenerationParams("still shown", seed=seed, count=4)
             entries.append(gallery.add(tiny_engine.generate(params, _request(params)), "blur"))
-    assert all(gallery.screen_png(e.id) is not None for e in entries)
+    assert all(gallery.screen_png(e.id, on_stream(e)) is not None for e in entries)
     assert len([r for r in caplog.records if "cannot write" in r.message]) == 1  # logged once
 
 
@@ -367,12 +398,12 @@ def test_legacy_files_are_written_atomically(tiny_engine: Engine, tmp_path: Path
     gallery = Gallery(tmp_path / "g", legacy_folder=tmp_path / "obs")
     params = GenerationParams("legacy", seed=4)
     entry = gallery.add(tiny_engine.generate(params, _request(params, "oldschool")), "blur")
-    gallery.publish_legacy(entry.id)
+    gallery.publish_legacy(entry.id, on_stream(entry))
     obs = tmp_path / "obs"
     assert sorted(p.name for p in obs.iterdir()) == ["prompt.txt", "requester.txt", "stream.png"]
     assert (obs / "requester.txt").read_text() == "Oldschool"
     assert (obs / "prompt.txt").read_text() == "legacy"
-    assert (obs / "stream.png").read_bytes() == gallery.screen_png(entry.id)
+    assert (obs / "stream.png").read_bytes() == gallery.screen_png(entry.id, on_stream(entry))
     gallery.publish_legacy(None)  # !clear
     assert (obs / "prompt.txt").read_text() == ""
     assert Image.open(obs / "stream.png").size == (8, 8)
@@ -409,4 +440,4 @@ def test_gallery_follows_its_settings_live(tiny_engine: Engine, tmp_path: Path) 
     settings.save_images = False  # the streamer unticks "save images" in OBS
     entry = gallery.add(tiny_engine.generate(params, _request(params)), "blur")
     assert len(list(gallery.public_dir.rglob("*.png"))) == 1
-    assert gallery.screen_png(entry.id) is not None  # still shown, from memory
+    assert gallery.screen_png(entry.id, on_stream(entry)) is not None  # still shown, from memory

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from generator_host.core.approval import Tile
 from generator_host.engine import grid
 
 
@@ -59,24 +60,19 @@ def test_placeholder_shows_no_pixels_and_says_awaiting_approval() -> None:
     assert len(np.unique(np.asarray(tile).reshape(-1, 3), axis=0)) > 1  # label drawn
 
 
-def test_screen_tiles_judges_each_tile_alone() -> None:
+def test_render_draws_each_tile_as_the_policy_says() -> None:
     tiles = [_noise(i) for i in range(4)]
-    flagged = [False, False, True, False]
-    for mode in ("blur", "hold"):
-        shown = grid.screen_tiles(tiles, flagged, mode)
-        assert shown is not None
-        for k in (0, 1, 3):
-            assert shown[k] is tiles[k]
-        assert not np.array_equal(np.asarray(shown[2]), np.asarray(tiles[2]))
-    assert grid.screen_tiles(tiles, flagged, "skip") is None
-    assert grid.screen_tiles(tiles, flagged, "off") == tiles
-    assert grid.screen_tiles(tiles, [False] * 4, "skip") == tiles
+    plan = [Tile.CLEAR, Tile.BLURRED, Tile.PLACEHOLDER, Tile.NOTHING]
+    canvas = np.asarray(grid.render(tiles, plan))
+    cells = [canvas[r * 64 : r * 64 + 64, c * 64 : c * 64 + 64] for r in (0, 1) for c in (0, 1)]
+    assert np.array_equal(cells[0], np.asarray(tiles[0]))
+    assert np.array_equal(cells[1], np.asarray(grid.blur(tiles[1])))
+    assert np.array_equal(cells[2], np.asarray(grid.placeholder((64, 64))))
+    assert (cells[3] == grid.BACKGROUND).all()
 
 
 def test_bad_input_gives_clear_messages() -> None:
     with pytest.raises(ValueError, match="at least one image"):
         grid.compose([])
-    with pytest.raises(ValueError, match="unknown approval mode"):
-        grid.screen_tiles([_noise(0)], [True], "maybe")
-    with pytest.raises(ValueError, match="one verdict per tile"):
-        grid.screen_tiles([_noise(0)], [], "blur")
+    with pytest.raises(ValueError, match="one tile decision per image"):
+        grid.render([_noise(0)], [])

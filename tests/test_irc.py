@@ -20,6 +20,7 @@ import pytest
 from generator_host.core.message import BotStatus, ChatMessage, MessageDeleted, Role, UserRemoved
 from generator_host.core.settings import Settings
 from generator_host.core.show import Display, Reply, Show
+from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat.console import ConsoleAdapter
 from generator_host.edges.chat.irc import LoginFailed, TwitchAdapter
 from generator_host.edges.files import write_private
@@ -486,7 +487,7 @@ def test_flood_keeps_queue_memory_and_sends_bounded(twitch_server, twitch_settin
     """5,000 messages from 500 viewers in 10 s: queue capped, sends limited, host answers."""
     settings = Settings(twitch=dataclasses.replace(twitch_settings, max_pending_sends=30))
     settings.moderation.max_queue = 50
-    show = Show(settings, rng_seed=1)
+    show = Show(settings, rng_seed=1, blocklist=load_blocklist("")[0])
     late_effects: list = []
 
     async def main() -> dict:

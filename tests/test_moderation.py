@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from generator_host.core.message import Role, Viewer
-from generator_host.core.moderation import Blocklist, Moderator, load_blocklist
+from generator_host.core.moderation import Blocklist, Moderator, RefusalKind
 from generator_host.core.settings import ModerationSettings
+from generator_host.edges.blocklist import load_blocklist
 
 VIEWER = Viewer("viewer")
 MOD = Viewer("mod", role=Role.MODERATOR)
@@ -66,25 +67,28 @@ def test_phrases_prefixes_and_patterns():
 def test_streamer_list_file_replaces_the_default(tmp_path: Path):
     path = tmp_path / "mine.txt"
     path.write_text("banana\n", encoding="utf-8")
-    mod = Moderator(ModerationSettings(blocklist_file=str(path)))
-    assert mod.check_prompt("a BANANA") == "the prompt contains a blocked word"
+    mod = Moderator(ModerationSettings(), load_blocklist(str(path))[0])
+    assert mod.check_prompt("a BANANA").text == "the prompt contains a blocked word"
+    assert mod.check_prompt("a BANANA").kind is RefusalKind.BLOCKED
     assert mod.check_prompt("a nude banana") is not None
     assert mod.check_prompt("a nude apple") is None
-    missing = Moderator(ModerationSettings(blocklist_file=str(tmp_path / "nope.txt")))
-    assert "cannot read" in missing.problems[0]
+    fallback, problems = load_blocklist(str(tmp_path / "nope.txt"))
+    assert "cannot read" in problems[0]
+    missing = Moderator(ModerationSettings(), fallback)
     assert missing.check_prompt("nude") is not None  # fell back to the default list
 
 
 def test_prompt_length_limit():
     mod = Moderator(ModerationSettings(max_prompt_length=10), Blocklist())
     assert mod.check_prompt("x" * 10) is None
-    assert mod.check_prompt("x" * 11) == "the prompt is 11 characters; the limit is 10"
+    assert mod.check_prompt("x" * 11).text == "the prompt is 11 characters; the limit is 10"
+    assert mod.check_prompt("x" * 11).kind is RefusalKind.TOO_LONG
 
 
 def test_cooldown_per_user_and_moderators_exempt():
     mod = Moderator(ModerationSettings(user_cooldown_seconds=30), Blocklist())
     mod.note_request("viewer", 100.0)
-    assert mod.check_request(VIEWER, 110.0, 0, 0) == "cooldown: try again in 20 s"
+    assert mod.check_request(VIEWER, 110.0, 0, 0).text == "cooldown: try again in 20 s"
     assert mod.check_request(VIEWER, 130.0, 0, 0) is None
     assert mod.check_request(Viewer("other"), 110.0, 0, 0) is None
     mod.note_request("mod", 100.0)
@@ -93,14 +97,16 @@ def test_cooldown_per_user_and_moderators_exempt():
 
 def test_per_user_and_global_limits():
     mod = Moderator(ModerationSettings(max_queued_per_user=1, max_queue=3), Blocklist())
-    assert mod.check_request(VIEWER, 0, 1, 0) == "you already have 1 request(s) waiting (limit 1)"
-    assert mod.check_request(VIEWER, 0, 0, 3) == "the queue is full (3); try again later"
+    assert (
+        mod.check_request(VIEWER, 0, 1, 0).text == "you already have 1 request(s) waiting (limit 1)"
+    )
+    assert mod.check_request(VIEWER, 0, 0, 3).text == "the queue is full (3); try again later"
     assert mod.check_request(MOD, 0, 0, 3) is not None  # the cap holds for everyone
 
 
 def test_modes_and_ignored_users():
     mod = Moderator(ModerationSettings(mode="subscribers", ignored_users=["@Spammer"]), Blocklist())
-    assert "only subscribers" in mod.check_request(VIEWER, 0, 0, 0)
+    assert "only subscribers" in mod.check_request(VIEWER, 0, 0, 0).text
     assert mod.check_request(Viewer("s", role=Role.SUBSCRIBER), 0, 0, 0) is None
     assert mod.is_ignored("spammer")
     mod.ignore("spammer", False)

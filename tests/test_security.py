@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from generator_host.core.message import ChatMessage, Role, Viewer
 from generator_host.core.settings import Settings, as_dict
 from generator_host.core.show import Approve, Display, Show, Shutdown, StartGeneration
+from generator_host.edges.blocklist import load_blocklist
 from obs_script import chat_diffusion_protocol as protocol
 from tests.reliability_helpers import (
     TWITCH_TOKEN,
@@ -300,7 +301,7 @@ def test_no_chat_line_from_a_viewer_changes_a_setting_or_steers_the_show(
 ) -> None:
     base = Settings()
     base.twitch.channel = "streamer"
-    show = Show(base)
+    show = Show(base, blocklist=load_blocklist("")[0])
     before = json.dumps(as_dict(base), sort_keys=True)
     viewer = Viewer("viewer", "Viewer", "7", role)
     now = 100.0

@@ -98,8 +98,10 @@ class GenerationResult:
 class Entry:
     """A gallery entry as the show sees it: enough to answer !params and to show it again.
 
-    `outcome` is what the approval mode made of it: "shown" (nothing flagged), "blurred",
-    "held" (awaiting !approve), "skipped" (nothing shown) or "approved".
+    `outcome` is an `approval.Outcome` value ("shown", "blurred", "held", "skipped",
+    "approved", "rejected"); `requester` is the display name, `requester_login` the login
+    (they differ: "Dora" / "dora"); `flagged` one verdict per tile, `mode` the approval
+    mode it was made under and `approved` the tiles approved one by one (0-based).
     """
 
     id: int
@@ -116,3 +118,15 @@ class Entry:
     model: str
     outcome: str
     created: float
+    requester_login: str = ""
+    mode: str = ""
+    flagged: tuple[bool, ...] = ()
+    approved: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Entry:
+        """From `dataclasses.asdict` (state.json): unknown keys dropped, lists as tuples."""
+        known = {f: raw[f] for f in cls.__dataclass_fields__ if f in raw}
+        known["flagged"] = tuple(bool(x) for x in known.get("flagged", ()))
+        known["approved"] = tuple(int(x) for x in known.get("approved", ()))
+        return cls(**known)

@@ -1,8 +1,8 @@
 """Who may ask for what: blocklist, cooldowns, per-user and global limits, modes, ignores.
 
-Pure except `load_blocklist`, which reads the list file once. The show asks the
-`Moderator` before it queues anything and answers a refusal with the reason returned
-here, so every rule a viewer can run into is in this one file.
+Pure: the blocklist is handed in (edges/blocklist.py reads the file). The show asks the
+`Moderator` before it queues anything and answers with the `Refusal` returned here (its
+kind coalesces refusals), so every rule a viewer can run into is in this one file.
 
 The blocklist matches whole words after normalising both the prompt and the list the
 same way: case folded, accents dropped, look-alike characters mapped (Cyrillic `а`, `0`,
@@ -13,11 +13,10 @@ or a `/regular expression/` that sees the normalised text.
 
 from __future__ import annotations
 
+import enum
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 from generator_host.core.commands import parse_role
 from generator_host.core.message import Role, Viewer
@@ -117,24 +116,6 @@ class Blocklist:
         return bool(self.pattern and self.pattern.search(norm))
 
 
-def default_blocklist_path() -> Path:
-    return Path(str(resources.files("generator_host") / "data" / "blocklist.txt"))
-
-
-def load_blocklist(path: str = "") -> tuple[Blocklist, list[str]]:
-    """Read the streamer's list file (empty path: the shipped default)."""
-    file = Path(path).expanduser() if path else default_blocklist_path()
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
-        problems = [f"blocklist {file}: cannot read ({exc}); using the default list"]
-        if not path:
-            return Blocklist(), problems
-        block, more = load_blocklist("")
-        return block, problems + more
-    return Blocklist.from_lines(text.splitlines())
-
-
 _MODE_WORDS = {
     "open": Role.EVERYONE,
     "off": Role.EVERYONE,
@@ -158,16 +139,32 @@ MODE_NAMES = {
 }
 
 
+class RefusalKind(str, enum.Enum):
+    """Why a request was refused. The value is the line that sums up everyone refused
+    this way when refusals are coalesced (see core/replies.py)."""
+
+    MODE = "requests are closed to you right now"
+    COOLDOWN = "please wait for your cooldown"
+    PER_USER = "you already have a request waiting"
+    QUEUE_FULL = "the queue is full; try again later"
+    TOO_LONG = "prompt too long"
+    BLOCKED = "the prompt contains a blocked word"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refusal: its kind (to coalesce) and the answer for this viewer."""
+
+    kind: RefusalKind
+    text: str
+
+
 class Moderator:
     """The rules between a viewer's command and the queue; state: cooldowns, mode, ignores."""
 
-    def __init__(self, settings: ModerationSettings, blocklist: Blocklist | None = None) -> None:
+    def __init__(self, settings: ModerationSettings, blocklist: Blocklist) -> None:
         self.settings = settings
-        self.problems: list[str] = []
-        if blocklist is None:
-            blocklist, self.problems = load_blocklist(settings.blocklist_file)
         self.blocklist = blocklist
-        self._blocklist_file = settings.blocklist_file
         mode = parse_mode(settings.mode)
         self.mode = Role.EVERYONE if mode is None else mode
         exempt = parse_role(settings.exempt_role)  # Role.EVERYONE is 0: no `or` here
@@ -178,17 +175,14 @@ class Moderator:
         self._last_request: dict[str, float] = {}
         self.refresh()
 
-    def refresh(self) -> list[str]:
-        """Re-read the settings the streamer may change while live: ignored users, and the
-        blocklist when its file changed. Returns the problems found."""
+    def refresh(self, blocklist: Blocklist | None = None) -> None:
+        """Re-read the settings the streamer may change while live (ignored users); take
+        a new blocklist when the app read one (its file changed)."""
         self._ignored_cfg = frozenset(
             u.strip().lstrip("@").lower() for u in self.settings.ignored_users
         )
-        if self.settings.blocklist_file == self._blocklist_file:
-            return []
-        self._blocklist_file = self.settings.blocklist_file
-        self.blocklist, problems = load_blocklist(self._blocklist_file)
-        return problems
+        if blocklist is not None:
+            self.blocklist = blocklist
 
     def is_ignored(self, login: str) -> bool:
         if login in self.ignored_extra:
@@ -199,32 +193,36 @@ class Moderator:
         (self.ignored_extra.add if on else self.ignored_extra.discard)(login)
         (self.unignored.discard if on else self.unignored.add)(login)
 
-    def check_prompt(self, prompt: str) -> str | None:
-        """Reason to refuse this prompt text, or None. Never echoes the blocked word."""
+    def check_prompt(self, prompt: str) -> Refusal | None:
+        """Why this prompt text is refused, or None. Never echoes the blocked word."""
         limit = self.settings.max_prompt_length
         if len(prompt) > limit:
-            return f"the prompt is {len(prompt)} characters; the limit is {limit}"
+            text = f"the prompt is {len(prompt)} characters; the limit is {limit}"
+            return Refusal(RefusalKind.TOO_LONG, text)
         if self.blocklist.match(prompt):
-            return "the prompt contains a blocked word"
+            return Refusal(RefusalKind.BLOCKED, RefusalKind.BLOCKED.value)
         return None
 
     def check_request(
         self, viewer: Viewer, now: float, queued_by_user: int, queued_total: int
-    ) -> str | None:
-        """Reason to refuse queueing a request now (mode, cooldown, limits), or None."""
+    ) -> Refusal | None:
+        """Why queueing a request now is refused (mode, cooldown, limits), or None."""
         if viewer.role < self.mode:
-            return f"only {MODE_NAMES.get(self.mode, 'moderators')} can request images right now"
+            who = MODE_NAMES.get(self.mode, "moderators")
+            return Refusal(RefusalKind.MODE, f"only {who} can request images right now")
         exempt = viewer.role >= self.exempt
         if not exempt:
             last = self._last_request.get(viewer.login)
             wait = self.settings.user_cooldown_seconds - (now - last) if last is not None else 0
             if wait > 0:
-                return f"cooldown: try again in {wait:.0f} s"
+                return Refusal(RefusalKind.COOLDOWN, f"cooldown: try again in {wait:.0f} s")
             limit = self.settings.max_queued_per_user
             if queued_by_user >= limit:
-                return f"you already have {queued_by_user} request(s) waiting (limit {limit})"
+                text = f"you already have {queued_by_user} request(s) waiting (limit {limit})"
+                return Refusal(RefusalKind.PER_USER, text)
         if queued_total >= self.settings.max_queue:
-            return f"the queue is full ({self.settings.max_queue}); try again later"
+            text = f"the queue is full ({self.settings.max_queue}); try again later"
+            return Refusal(RefusalKind.QUEUE_FULL, text)
         return None
 
     def note_request(self, login: str, now: float) -> None:

@@ -18,14 +18,17 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from generator_host.core import approval
+from generator_host.core.approval import Tile
 from generator_host.core.generation import Entry, GenerationResult
-from generator_host.core.settings import APPROVAL_MODES, GallerySettings
+from generator_host.core.settings import GallerySettings
 from generator_host.edges.files import replace_retrying, write_atomic
 from generator_host.engine import grid
 
@@ -52,28 +55,42 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL,
     mode TEXT NOT NULL,
     flagged TEXT NOT NULL,
-    files TEXT NOT NULL
+    files TEXT NOT NULL,
+    requester_login TEXT NOT NULL DEFAULT '',
+    approved TEXT NOT NULL DEFAULT '[]'
 );
 """
-ENTRY_COLUMNS = (
-    "id, request_id, requester, prompt, negative_prompt, seed, steps, guidance, width, "
-    "height, count, model, outcome, created"
+# Columns added after the first release: an older history file gets them on open.
+ADDED_COLUMNS = {
+    "requester_login": "TEXT NOT NULL DEFAULT ''",
+    "approved": "TEXT NOT NULL DEFAULT '[]'",
+}
+COLUMNS = (
+    "id",
+    "request_id",
+    "requester",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "count",
+    "model",
+    "outcome",
+    "created",
+    "mode",
+    "flagged",
+    "files",
+    "requester_login",
+    "approved",
 )
-DISPLAYABLE = ("shown", "blurred", "held", "approved")
 
 
 def _clean(text: str) -> str:
     """Chat text for metadata: control characters become spaces (a newline would forge keys)."""
     return "".join(c if c.isprintable() else " " for c in text).strip()
-
-
-def outcome_for(flagged: list[bool], mode: str) -> str:
-    """What the approval mode makes of a request: shown, blurred, held or skipped."""
-    if mode not in APPROVAL_MODES:
-        raise ValueError(f"unknown approval mode {mode!r}: use one of {APPROVAL_MODES}")
-    if mode == "off" or not any(flagged):
-        return "shown"
-    return {"blur": "blurred", "hold": "held", "skip": "skipped"}[mode]
 
 
 def parameters_text(result: GenerationResult, index: int) -> str:
@@ -106,7 +123,7 @@ class Gallery:
         self.legacy_folder = Path(legacy_folder) if legacy_folder else None
         self._lock = threading.RLock()
         self._tiles: OrderedDict[int, list[Image.Image]] = OrderedDict()
-        self._memory_rows: dict[int, tuple[Any, ...]] = {}  # entries the DB could not take
+        self._memory_rows: dict[int, dict[str, Any]] = {}  # entries the DB could not take
         self._reported: set[str] = set()
         self._db = self._open_db()
         self._settings: GallerySettings | None = None
@@ -135,6 +152,11 @@ class Gallery:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(entries)")}
+            with db:
+                for name, kind in ADDED_COLUMNS.items():
+                    if name not in have:
+                        db.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
             return db
         except (OSError, sqlite3.Error) as exc:
             self._report(
@@ -162,32 +184,35 @@ class Gallery:
 
     # ----- adding ------------------------------------------------------------------------
     def add(self, result: GenerationResult, approval_mode: str) -> Entry:
-        """Store a finished request and decide its outcome under `approval_mode`."""
+        """Store a finished request with the outcome the approval policy gives it."""
         if not result.images:
             raise ValueError("a result without images cannot be added to the gallery")
         mode = approval_mode
         flagged = [bool(img.flagged) for img in result.images]
-        outcome = outcome_for(flagged, mode)
+        outcome = approval.outcome_for(flagged, mode)
         p = result.used_params
         req = result.request
         created = time.time()
-        row = (
-            req.id,
-            _clean(req.requester.name),
-            _clean(p.prompt),
-            _clean(p.negative_prompt),
-            int(result.images[0].seed),
-            p.steps,
-            float(p.guidance),
-            result.images[0].image.width,
-            result.images[0].image.height,
-            len(result.images),
-            _clean(result.model),
-            outcome,
-            created,
-            mode,
-            json.dumps(flagged),
-        )
+        row = {
+            "request_id": req.id,
+            "requester": _clean(req.requester.name),
+            "prompt": _clean(p.prompt),
+            "negative_prompt": _clean(p.negative_prompt),
+            "seed": int(result.images[0].seed),
+            "steps": p.steps,
+            "guidance": float(p.guidance),
+            "width": result.images[0].image.width,
+            "height": result.images[0].image.height,
+            "count": len(result.images),
+            "model": _clean(result.model),
+            "outcome": outcome.value,
+            "created": created,
+            "mode": mode,
+            "flagged": json.dumps(flagged),
+            "files": "[]",
+            "requester_login": _clean(req.requester.login),
+            "approved": "[]",
+        }
         with self._lock:
             entry_id = self._insert(row)
             self._remember(entry_id, [img.image for img in result.images])
@@ -197,48 +222,23 @@ class Gallery:
         assert entry is not None
         return entry
 
-    def _insert(self, row: tuple[Any, ...]) -> int:
-        sql = (
-            "INSERT INTO entries (request_id, requester, prompt, negative_prompt, seed, steps,"
-            " guidance, width, height, count, model, outcome, created, mode, flagged, files)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'[]')"
-        )
+    def _insert(self, row: dict[str, Any]) -> int:
+        names = ", ".join(row)
+        sql = f"INSERT INTO entries ({names}) VALUES ({','.join('?' * len(row))})"
         try:
             with self._db:
-                cur = self._db.execute(sql, row)
+                cur = self._db.execute(sql, tuple(row.values()))
             return int(cur.lastrowid)
         except sqlite3.Error as exc:
             self._report("db-write", f"cannot write the history ({exc}); kept in memory")
             top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM entries").fetchone()[0]
             entry_id = max([int(top), *self._memory_rows]) + 1
-            self._memory_rows[entry_id] = (entry_id, *row, "[]")
+            self._memory_rows[entry_id] = {"id": entry_id, **row}
             return entry_id
 
     def _update(self, entry_id: int, **values: Any) -> None:
         if entry_id in self._memory_rows:
-            cols = [
-                "id",
-                "request_id",
-                "requester",
-                "prompt",
-                "negative_prompt",
-                "seed",
-                "steps",
-                "guidance",
-                "width",
-                "height",
-                "count",
-                "model",
-                "outcome",
-                "created",
-                "mode",
-                "flagged",
-                "files",
-            ]
-            row = list(self._memory_rows[entry_id])
-            for k, v in values.items():
-                row[cols.index(k)] = v
-            self._memory_rows[entry_id] = tuple(row)
+            self._memory_rows[entry_id].update(values)
             return
         sets = ", ".join(f"{k} = ?" for k in values)
         try:
@@ -319,17 +319,22 @@ class Gallery:
         return buf.getvalue()
 
     # ----- reading -------------------------------------------------------------------------
-    def _row(self, entry_id: int) -> tuple[Any, ...] | None:
+    def _row(self, entry_id: int) -> dict[str, Any] | None:
         if entry_id in self._memory_rows:
             return self._memory_rows[entry_id]
         cur = self._db.execute(
-            f"SELECT {ENTRY_COLUMNS}, mode, flagged, files FROM entries WHERE id = ?", (entry_id,)
+            f"SELECT {', '.join(COLUMNS)} FROM entries WHERE id = ?", (entry_id,)
         )
-        return cur.fetchone()
+        found = cur.fetchone()
+        return dict(zip(COLUMNS, found, strict=True)) if found else None
 
     @staticmethod
-    def _entry(row: tuple[Any, ...]) -> Entry:
-        return Entry(*row[:14])
+    def _entry(row: dict[str, Any]) -> Entry:
+        return Entry(
+            **{k: row[k] for k in COLUMNS if k not in ("flagged", "approved", "files")},
+            flagged=tuple(bool(f) for f in json.loads(row["flagged"] or "[]")),
+            approved=tuple(int(k) for k in json.loads(row["approved"] or "[]")),
+        )
 
     def get(self, entry_id: int) -> Entry | None:
         """The entry with this id, or None."""
@@ -338,45 +343,22 @@ class Gallery:
         return self._entry(row) if row else None
 
     def recent(self, n: int) -> list[Entry]:
-        """The n newest entries, newest first."""
+        """The n newest entries, newest first (what was stored; the show keeps the history
+        that !prev, !next and the slideshow walk)."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {ENTRY_COLUMNS} FROM entries ORDER BY id DESC LIMIT ?", (max(0, int(n)),)
+                f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY id DESC LIMIT ?",
+                (max(0, int(n)),),
             ).fetchall()
-            extra = [r[:14] for r in self._memory_rows.values()]
-        entries = [self._entry(r) for r in rows + extra]
+            found = [dict(zip(COLUMNS, r, strict=True)) for r in rows]
+            found += list(self._memory_rows.values())
+        entries = [self._entry(r) for r in found]
         return sorted(entries, key=lambda e: e.id, reverse=True)[: max(0, int(n))]
 
-    def neighbours(self, entry_id: int) -> tuple[int | None, int | None]:
-        """(previous, next) displayable entry ids around `entry_id`, for !prev / !next."""
-        marks = ",".join("?" * len(DISPLAYABLE))
-        with self._lock:
-            prev = self._db.execute(
-                f"SELECT id FROM entries WHERE id < ? AND outcome IN ({marks}) "
-                "ORDER BY id DESC LIMIT 1",
-                (entry_id, *DISPLAYABLE),
-            ).fetchone()
-            nxt = self._db.execute(
-                f"SELECT id FROM entries WHERE id > ? AND outcome IN ({marks}) "
-                "ORDER BY id ASC LIMIT 1",
-                (entry_id, *DISPLAYABLE),
-            ).fetchone()
-        return (prev[0] if prev else None, nxt[0] if nxt else None)
-
-    def history_ids(self, n: int) -> list[int]:
-        """The newest n displayable entry ids, oldest first: the slideshow's playlist."""
-        marks = ",".join("?" * len(DISPLAYABLE))
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT id FROM entries WHERE outcome IN ({marks}) ORDER BY id DESC LIMIT ?",
-                (*DISPLAYABLE, max(0, int(n))),
-            ).fetchall()
-        return [r[0] for r in reversed(rows)]
-
-    def _load_tiles(self, entry_id: int, row: tuple[Any, ...]) -> list[Image.Image] | None:
+    def _load_tiles(self, entry_id: int, row: dict[str, Any]) -> list[Image.Image] | None:
         if entry_id in self._tiles:
             return self._tiles[entry_id]
-        files = json.loads(row[16] or "[]")
+        files = json.loads(row["files"] or "[]")
         if not files or not all(files):
             return None
         tiles = []
@@ -390,31 +372,23 @@ class Gallery:
         self._remember(entry_id, tiles)
         return tiles
 
-    def screen_image(self, entry_id: int, reveal: bool = False) -> Image.Image | None:
-        """The grid as it may appear on stream; None when nothing may be shown.
-
-        Flagged tiles are shown unfiltered only when the entry was approved and `reveal`
-        is set, or when the check was off ("off" mode). Otherwise they are blurred or
-        replaced by the placeholder, by the mode the entry was made under.
-        """
+    def screen_image(self, entry_id: int, tiles: Sequence[Tile]) -> Image.Image | None:
+        """The grid as the approval policy says it appears on stream (`Display.tiles`);
+        None when nothing may be shown or the images are gone."""
+        if not approval.visible(tiles):
+            return None
         with self._lock:
             row = self._row(int(entry_id))
             if row is None:
                 return None
-            tiles = self._load_tiles(int(entry_id), row)
-        if tiles is None:
+            images = self._load_tiles(int(entry_id), row)
+        if images is None or len(images) != len(tiles):
             return None
-        outcome, mode, flagged = row[12], row[14], json.loads(row[15])
-        if outcome == "approved" and reveal:
-            return grid.compose(tiles)
-        if outcome == "approved" and mode == "skip":
-            mode = "blur"  # approved after a skip, shown without reveal: blur, never bare
-        shown = grid.screen_tiles(tiles, flagged, mode)
-        return grid.compose(shown) if shown is not None else None
+        return grid.render(images, tiles)
 
-    def screen_png(self, entry_id: int, reveal: bool = False) -> bytes | None:
+    def screen_png(self, entry_id: int, tiles: Sequence[Tile]) -> bytes | None:
         """`screen_image` as PNG bytes, ready for the OBS link; None when nothing is shown."""
-        image = self.screen_image(entry_id, reveal)
+        image = self.screen_image(entry_id, tiles)
         if image is None:
             return None
         buf = io.BytesIO()
@@ -427,43 +401,60 @@ class Gallery:
             row = self._row(int(entry_id))
         if row is None:
             return None
-        files = json.loads(row[16] or "[]")
+        files = json.loads(row["files"] or "[]")
         if not 0 <= index < len(files) or not files[index]:
             return None
         return self.folder / files[index]
 
     # ----- approval ------------------------------------------------------------------------
-    def approve(self, entry_id: int) -> Entry:
-        """The streamer approved: held images move to the public folder; outcome "approved".
+    def record(self, entry_id: int, outcome: str, approved: Sequence[int] = ()) -> Entry:
+        """Store an approval decision (`approval.approve` / `approval.reject` made it).
 
-        Raises LookupError for an unknown id. An entry with nothing flagged stays as it is.
+        The files follow what the stream may show: a held tile that is now clear moves to
+        the public folder; a rejected picture's held tiles are deleted. Raises LookupError
+        for an unknown id.
         """
         with self._lock:
             row = self._row(int(entry_id))
             if row is None:
                 raise LookupError(f"no gallery entry {entry_id}")
             entry = self._entry(row)
-            if entry.outcome not in ("blurred", "held", "skipped"):
-                return entry
-            files = json.loads(row[16] or "[]")
-            moved = []
-            for k, rel in enumerate(files):
+            outcome = approval.Outcome(outcome)
+            plan = approval.screen(outcome, entry.mode, approval.flags(entry), approved)
+            files = []
+            for k, rel in enumerate(json.loads(row["files"] or "[]")):
                 if rel and (self.folder / rel).parent == self.held_dir:
-                    dest = self._tile_path(entry.id, k, True, entry.created)
-                    try:
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        replace_retrying(self.folder / rel, dest)
-                        rel = str(dest.relative_to(self.folder))
-                    except OSError as exc:
-                        self._report("move", f"cannot move an approved image ({exc})")
-                moved.append(rel)
-            self._update(entry.id, outcome="approved", files=json.dumps(moved))
-            approved = self.get(entry.id)
-        assert approved is not None
-        return approved
+                    rel = self._release(entry, k, rel, plan[k] if k < len(plan) else None)
+                files.append(rel)
+            self._update(
+                entry.id,
+                outcome=outcome.value,
+                approved=json.dumps(sorted(set(approved))),
+                files=json.dumps(files),
+            )
+            if outcome is approval.Outcome.REJECTED:
+                self._tiles.pop(entry.id, None)
+            stored = self.get(entry.id)
+        assert stored is not None
+        return stored
+
+    def _release(self, entry: Entry, k: int, rel: str, tile: Tile | None) -> str:
+        """A held tile after a decision: public when clear, deleted when not shown at all."""
+        try:
+            if tile is Tile.CLEAR:
+                dest = self._tile_path(entry.id, k, True, entry.created)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                replace_retrying(self.folder / rel, dest)
+                return str(dest.relative_to(self.folder))
+            if tile is Tile.NOTHING:
+                (self.folder / rel).unlink(missing_ok=True)
+                return ""
+        except OSError as exc:
+            self._report("move", f"cannot move or delete a held image ({exc})")
+        return rel
 
     # ----- legacy outputs ------------------------------------------------------------------
-    def publish_legacy(self, entry_id: int | None, reveal: bool = False) -> None:
+    def publish_legacy(self, entry_id: int | None, tiles: Sequence[Tile] = ()) -> None:
         """For OBS set-ups without the script: stream.png, requester.txt and prompt.txt.
 
         Each is written atomically (temporary file, then rename), so OBS never reads half a
@@ -472,7 +463,7 @@ class Gallery:
         if self.legacy_folder is None:
             return
         entry = self.get(entry_id) if entry_id is not None else None
-        png = self.screen_png(entry_id, reveal) if entry is not None else None
+        png = self.screen_png(entry_id, tiles) if entry is not None else None
         if png is None:
             png = _blank_png()
             entry = None

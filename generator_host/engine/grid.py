@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from generator_host.core.approval import Tile
+
 BLUR_LABEL = "flagged by the safety filter"
 HOLD_LABEL = "awaiting approval"
 BACKGROUND = (16, 16, 16)
@@ -92,23 +94,15 @@ def placeholder(size: tuple[int, int], label: str = HOLD_LABEL) -> Image.Image:
     return _label(Image.new("RGB", size, (40, 40, 48)), label)
 
 
-def screen_tiles(
-    tiles: Sequence[Image.Image], flagged: Sequence[bool], mode: str
-) -> list[Image.Image] | None:
-    """The tiles as they may appear on stream under an approval mode.
-
-    blur: flagged tiles blurred and labelled; hold: flagged tiles replaced by the
-    placeholder; skip: None when anything is flagged (nothing is shown); off: unchanged.
-    Each tile is decided by its own verdict alone.
-    """
-    if len(tiles) != len(flagged):
-        raise ValueError("one verdict per tile is needed")
-    if mode == "off" or not any(flagged):
-        return list(tiles)
-    if mode == "skip":
-        return None
-    if mode == "blur":
-        return [blur(t) if f else t for t, f in zip(tiles, flagged, strict=True)]
-    if mode == "hold":
-        return [placeholder(t.size) if f else t for t, f in zip(tiles, flagged, strict=True)]
-    raise ValueError(f"unknown approval mode {mode!r}: use blur, hold, skip or off")
+def render(images: Sequence[Image.Image], tiles: Sequence[Tile]) -> Image.Image:
+    """The grid as the approval policy (`core.approval.screen`) says it appears on stream:
+    each image clear, blurred, replaced by the placeholder, or an empty cell."""
+    if len(images) != len(tiles):
+        raise ValueError("one tile decision per image is needed")
+    looks = {
+        Tile.CLEAR: lambda t: t,
+        Tile.BLURRED: blur,
+        Tile.PLACEHOLDER: lambda t: placeholder(t.size),
+        Tile.NOTHING: lambda t: Image.new("RGB", t.size, BACKGROUND),
+    }
+    return compose([looks[Tile(k)](t) for t, k in zip(images, tiles, strict=True)])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from generator_host.core.fairqueue import batch_key
 from generator_host.core.generation import (
     GeneratedImage,
     GenerationParams,
@@ -169,10 +170,6 @@ def family_of(model: str, pipe: Any, configured: str = "auto") -> str:
 def sampler_name(pipe: Any) -> str:
     name = type(pipe.scheduler).__name__
     return SAMPLER_NAMES.get(name, name.removesuffix("Scheduler"))
-
-
-def _settings_key(p: GenerationParams) -> tuple[int, float, int, int]:
-    return (p.steps, p.guidance, p.width, p.height)
 
 
 class Engine:
@@ -481,7 +478,7 @@ class Engine:
         limit = max(1, self.model_settings.max_batch)
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, p in enumerate(params):
-            groups.setdefault(_settings_key(p), []).append(i)
+            groups.setdefault(batch_key(p), []).append(i)
         plan: list[list[int]] = []
         for key, idxs in groups.items():
             size = limit if self._batching_pays(key, limit) else 1
@@ -537,7 +534,7 @@ class Engine:
         finally:
             free_mps_cache(self.device)
         seconds = time.perf_counter() - started
-        key = (_settings_key(batch[0]), len(batch))
+        key = (batch_key(batch[0]), len(batch))
         per_image = seconds / max(1, len(seeds))
         old = self._per_image.get(key)
         self._per_image[key] = per_image if old is None else 0.7 * old + 0.3 * per_image

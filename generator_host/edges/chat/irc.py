@@ -32,6 +32,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from generator_host.core.message import BotStatus, ChatEvent, Role
+from generator_host.core.replies import (
+    SendLimiter,  # how Twitch counts, shared with the reply policy
+)
 from generator_host.core.settings import TwitchSettings
 from generator_host.edges.chat import ircparse
 
@@ -55,31 +58,6 @@ def _emit(on_event: Callable[[ChatEvent], None], event: ChatEvent) -> None:
 
 class LoginFailed(Exception):
     """Twitch refused the login; the message says what to check (never the token itself)."""
-
-
-class SendLimiter:
-    """A token bucket whose tokens each come back `window` seconds after they were spent.
-
-    So at most `limit` sends happen in ANY window of that length, which is how Twitch
-    counts (a plain refill-rate bucket can burst past it). A small margin keeps clock
-    differences from tipping us over.
-    """
-
-    def __init__(self, limit: int, window: float, margin: float = 0.03) -> None:
-        self.limit = max(1, limit)
-        self.window = window * (1 + margin)
-        self._spent: deque[float] = deque()
-
-    def delay(self, now: float) -> float:
-        """Seconds to wait before the next send may go out."""
-        while self._spent and now - self._spent[0] >= self.window:
-            self._spent.popleft()
-        if len(self._spent) < self.limit:
-            return 0.0
-        return self._spent[0] + self.window - now
-
-    def spend(self, now: float) -> None:
-        self._spent.append(now)
 
 
 class _Dropped(Exception):
@@ -167,7 +145,9 @@ class TwitchAdapter:
         self.handover_max = handover_max
         self.clock = clock
         self.elevated = False  # Twitch's USERSTATE says the bot moderates the channel
-        self.limiter = SendLimiter(settings.send_limit_for(False), settings.send_window)
+        self.limiter = SendLimiter(
+            settings.send_limit_for(False), settings.send_window, margin=0.03
+        )
         self._pending: deque[str] = deque()
         self._wake = asyncio.Event()
         self._limit_changed = asyncio.Event()

@@ -85,12 +85,65 @@ def test_slideshow_arguments():
     assert cmds.parse_slideshow("3600.1") == "slideshow seconds must be 3-3600"
 
 
+def test_every_bad_option_is_named_in_one_answer_and_seed_minus_one_is_random():
+    answer = cmds.parse_generate("steps=500 count=9 size=1x1 seed=x fox", LIMITS)
+    assert answer == (
+        "seed= needs a whole number, not 'x'; steps must be 1-50; "
+        "size must be 64-1024 per side; count must be 1 or 4"
+    )
+    assert cmds.parse_generate("seed=-1 a fox", LIMITS) == cmds.GenerateArgs("a fox")
+    assert cmds.parse_generate("seed=5 seed=-1 a fox", LIMITS).seed is None
+    assert "whole number" in cmds.parse_generate("seed=-2 fox", LIMITS)
+
+
+WORDS = st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(sorted({**cmds.DEFAULT_ALIASES, **{c: c for c in cmds.COMMANDS}}.items())),
+    st.text(max_size=100),
+)
+def test_every_command_word_is_recognised_whatever_follows(word_and_name, rest):
+    word, name = word_and_name
+    cmd = cmds.parse_command(f"!{word} {rest}")
+    assert cmd is not None and cmd.name == name
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_gives_a_command_or_none(text):
     cmd = cmds.parse_command(text)
     if cmd is not None:
         assert cmd.name in cmds.COMMANDS
+        assert "!" in text
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(WORDS, min_size=1, max_size=6),
+    st.lists(WORDS, max_size=3),
+    st.one_of(st.none(), st.integers(1, 50)),
+    st.one_of(st.none(), st.sampled_from([1, 4])),
+    st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+    st.one_of(st.none(), st.tuples(st.integers(8, 128), st.integers(8, 128))),
+)
+def test_valid_generate_args_come_back_exactly(words, negative, steps, count, seed, size):
+    opts = []
+    if steps is not None:
+        opts.append(f"steps={steps}")
+    if count is not None:
+        opts.append(f"count={count}")
+    if seed is not None:
+        opts.append(f"seed={seed}")
+    if size is not None:
+        opts.append(f"size={size[0] * 8}x{size[1] * 8}")
+    text = " ".join(opts + words) + (" ### " + " ".join(negative) if negative else "")
+    parsed = cmds.parse_generate(text, LIMITS)
+    assert isinstance(parsed, cmds.GenerateArgs), (text, parsed)
+    assert parsed.prompt == " ".join(words) and parsed.negative == " ".join(negative)
+    assert (parsed.steps, parsed.count, parsed.seed) == (steps, count, seed)
+    assert (parsed.width, parsed.height) == ((size[0] * 8, size[1] * 8) if size else (None, None))
 
 
 @settings(max_examples=200, deadline=None)

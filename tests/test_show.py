@@ -24,12 +24,18 @@ from generator_host.core.moderation import Blocklist, Moderator
 from generator_host.core.settings import Settings, settings_from_dict
 from generator_host.core.show import (
     Approve,
+    ApproveEntry,
     CancelGeneration,
+    CancelRequests,
     Display,
     GenerationFailed,
     GenerationFinished,
     GenerationProgress,
     GenerationStarted,
+    IgnoreViewer,
+    Log,
+    Reject,
+    RejectEntry,
     Reply,
     SettingsChanged,
     Show,
@@ -95,7 +101,8 @@ def entry_for(req, entry_id: int, now: float, outcome: str = "shown") -> Entry:
     return Entry(
         id=entry_id,
         request_id=req.id,
-        requester=req.requester.login,
+        requester=req.requester.name,  # the display name ("Dora"); the login apart ("dora")
+        requester_login=req.requester.login,
         prompt=req.params.prompt,
         negative_prompt=req.params.negative_prompt,
         seed=req.params.seed,
@@ -443,9 +450,9 @@ def test_params_seed_and_prompt_describe_the_image_on_screen():
     chat(show, "alice", "!generate seed=42 a fox ### blurry")
     finish(show)
     params = replies(chat(show, "x", "!params"))[0]
-    assert params.startswith("by @alice: seed 42,") and "model tiny" in params
+    assert params.startswith("by @Alice: seed 42,") and "model tiny" in params
     assert replies(chat(show, "x", "!seed")) == ["seed 42 (use seed=42 in !generate)"]
-    assert replies(chat(show, "x", "!prompt")) == ["@alice: a fox ### blurry"]
+    assert replies(chat(show, "x", "!prompt")) == ["@Alice: a fox ### blurry"]
 
 
 def test_help_lists_what_this_viewer_may_use():
@@ -1066,3 +1073,113 @@ def test_batches_and_the_deck_keep_every_picture_and_each_viewers_order(ops, max
     assert show.on_deck == []
     assert finished - gone <= displayed
     json.dumps(show.snapshot())
+
+
+# ---- display names, replies, review page (issue 11 and 12) --------------------------------------
+def test_queue_finds_a_finished_picture_by_login_when_the_display_name_differs():
+    show = make(min_display=10.0)
+    chat(show, "ann", "!generate first", now=0)
+    chat(show, "dora", "!generate mine", now=0)
+    finish(show, now=1, entry_id=1)
+    finish(show, now=2, entry_id=2)  # Dora's waits on deck behind Ann's
+    assert show.history[-1].requester == "Dora" and show.on_deck == [2]
+    assert replies(chat(show, "dora", "!queue", now=3)) == [
+        "yours is ready and goes on screen in about 8 s"
+    ]
+
+
+def test_an_accepted_generate_is_answered_while_the_budget_is_quiet():
+    show = make()
+    assert replies(chat(show, "ann", "!generate a fox")) == ["starting now, about 10 s"]
+    busy = make(max_queue=1000, max_queued_per_user=100)
+    for i in range(7):  # half of a viewer's budget spent on answers
+        chat(busy, f"q{i}", "!queue", now=0.5)
+    busy.handle(GenerationFailed("none", "x", 0.6))
+    assert not busy.running
+    assert replies(chat(busy, "ann", "!generate a fox", now=1)) == []  # courtesy waits
+    assert busy.running.requester.login == "ann"  # the request itself is taken
+
+
+def test_the_same_text_is_never_sent_twice_within_30_seconds():
+    show = make()
+    (first,) = of(chat(show, "ann", "!prompt", now=1), Reply)
+    assert first.text == "nothing is on screen" and first.reply_to  # threaded
+    again = chat(show, "ann", "!prompt", now=2)  # threaded to another message: named instead
+    assert replies(again) == ["@Ann nothing is on screen"]
+    assert replies(chat(show, "ann", "!prompt", now=3)) == []  # an exact repeat is dropped
+    assert replies(chat(show, "ann", "!prompt", now=32)) == ["nothing is on screen"]
+
+
+def test_prompt_never_echoes_a_blocked_word_in_the_negative_prompt():
+    show = make()
+    show.settings.moderation.forced_negative_prompt = "lowres"
+    chat(show, "ann", "!generate a calm lake ### nude, blurry")
+    finish(show, now=1, entry_id=1)
+    (answer,) = replies(chat(show, "m", "!prompt", Role.MODERATOR, now=2))
+    assert "nude" not in answer.lower() and "lowres" not in answer
+    assert answer == "@Ann: a calm lake ### (hidden: it contains a blocked word)"
+    chat(show, "bob", "!generate a hill ### fog")
+    finish(show, now=3, entry_id=2)
+    assert replies(chat(show, "m", "!prompt", Role.MODERATOR, now=4)) == ["@Bob: a hill ### fog"]
+
+
+def test_review_page_approves_one_tile_then_the_rest():
+    show = make(grid=4)
+    chat(show, "dora", "!generate count=4 a fox")
+    req = show.running
+    entry = dataclasses.replace(
+        entry_for(req, 5, 1, "held"), mode="hold", flagged=(False, True, False, True)
+    )
+    assert of(show.handle(GenerationFinished(req.id, entry, 1)), Display)[0].tiles == (
+        Tile.CLEAR, Tile.PLACEHOLDER, Tile.CLEAR, Tile.PLACEHOLDER,
+    )  # fmt: skip
+    out = show.handle(ApproveEntry(5, tile=1, by="mod Max", now=2))
+    assert of(out, Approve) == [Approve(5, "held", (1,))]
+    assert of(out, Display)[0].tiles == (CLEAR, CLEAR, CLEAR, Tile.PLACEHOLDER)
+    assert [e.text for e in of(out, Log)] == ["mod Max approved tile 2 of picture 5 by @Dora"]
+    out = show.handle(ApproveEntry(5, now=3))
+    assert of(out, Approve) == [Approve(5, "approved", (1, 3))]
+    assert of(out, Display)[0].tiles == (CLEAR,) * 4
+    assert statuses(show.handle(ApproveEntry(5, now=4))) == ["picture 5 is approved, not waiting"]
+    assert statuses(show.handle(ApproveEntry(77, now=5))) == [
+        "picture 77 is no longer in the history"
+    ]
+
+
+def test_review_page_rejects_a_held_picture_and_the_requester_is_told():
+    show = make()
+    chat(show, "dora", "!generate a fox")
+    finish(show, now=1, outcome="held", entry_id=3)
+    out = show.handle(RejectEntry(3, by="the streamer", now=2))
+    assert of(out, Reject) == [Reject(3)] and shown(out) == [None]
+    assert any("your image was rejected" in r for r in replies(out))
+    assert show.history == [] and show.on_screen is None
+    assert statuses(show.handle(RejectEntry(3, now=3))) == ["picture 3 is no longer in the history"]
+
+
+def test_review_page_approves_a_skipped_picture_onto_the_screen():
+    show = make()
+    chat(show, "dora", "!generate a fox")
+    assert not of(finish(show, now=1, outcome="skipped", entry_id=4), Display)
+    out = show.handle(ApproveEntry(4, now=2))
+    assert of(out, Approve) == [Approve(4, "approved", (0,))]
+    assert of(out, Display) == [Display(4, (CLEAR,))]
+
+
+def test_review_page_cancels_and_ignores_a_viewer():
+    show = make()
+    chat(show, "ann", "!generate a fox")
+    chat(show, "spam", "!generate one")
+    out = show.handle(CancelRequests("@Spam", by="mod Max", now=1))
+    assert show.queued == 0 and [e.text for e in of(out, Log)] == [
+        "mod Max cancelled 1 request(s) of @spam"
+    ]
+    out = show.handle(IgnoreViewer("spam", by="mod Max", now=2))
+    assert statuses(out)[0] == "ignoring @spam" and not replies(chat(show, "spam", "!queue", now=3))
+    show.handle(IgnoreViewer("spam", ignore=False, now=4))
+    assert replies(chat(show, "spam", "!queue", now=5))
+
+
+def test_an_event_the_show_does_not_know_is_an_error():
+    with pytest.raises(TypeError, match="no handler for str"):
+        make().handle("hello")  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ Generate syntax (documented for streamers in docs/chat.md):
     !generate a red fox in the snow ### blurry, text
         the part after `###` is the negative prompt.
     !generate steps=20 size=512x768 count=4 seed=42 a red fox
-        optional `key=value` words anywhere; each is checked against the streamer's caps.
+        optional `key=value` words anywhere; each is checked against the streamer's caps,
+        and every bad one is named in one answer. seed=-1 means a random seed.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ NEGATIVE_SEPARATOR = "###"
 # Invisible characters chat clients add (7TV's duplicate-bypass tag, zero-width spaces).
 _INVISIBLE = dict.fromkeys(map(ord, "\U000e0000\u200b\u200c\u200d\u2060\ufeff\u034f"), None)
 _OPTION = re.compile(r"^(steps|size|count|seed)=(\S*)$", re.IGNORECASE)
+RANDOM_SEED = "-1"  # seed=-1: a random seed, as in AUTOMATIC1111 and ComfyUI
 _ACTION = "\x01ACTION "
 
 
@@ -223,54 +225,66 @@ def _size(text: str) -> tuple[int, int] | None:
 
 
 def parse_generate(args: str, limits: Limits) -> GenerateArgs | str:
-    """Split prompt / `###` negative / key=value options; a str result is the refusal reason."""
+    """Split prompt / `###` negative / key=value options; a str result is the refusal.
+
+    Every bad option is named in that one refusal ("steps must be 1-50; count must be 1
+    or 4"), so a viewer fixes them all at once. `seed=-1` asks for a random seed, as in
+    other Stable Diffusion tools.
+    """
     positive, _, negative = args.partition(NEGATIVE_SEPARATOR)
     negative = " ".join(negative.replace(NEGATIVE_SEPARATOR, " ").split())
     words: list[str] = []
     opts: dict[str, int | tuple[int, int]] = {}
+    problems: list[str] = []
     for word in positive.split():
         m = _OPTION.match(word)
         if not m:
             words.append(word)
             continue
         key, value = m.group(1).lower(), m.group(2)
+        if key == "seed" and value == RANDOM_SEED:
+            opts.pop("seed", None)
+            continue
         parsed = _size(value) if key == "size" else _int(value)
         if parsed is None:
             example = "512x512" if key == "size" else "a whole number"
-            return f"{key}= needs {example}, not {value[:20]!r}"
+            problems.append(f"{key}= needs {example}, not {value[:20]!r}")
+            continue
         opts[key] = parsed
-    prompt = " ".join(words)
-    if not prompt:
-        return "give a prompt, e.g. !generate a red fox in the snow ### blurry"
-    out = GenerateArgs(prompt=prompt, negative=negative)
+    out = GenerateArgs(prompt=" ".join(words), negative=negative)
     if "steps" in opts:
         steps = opts["steps"]
         assert isinstance(steps, int)
-        if not 1 <= steps <= limits.max_steps:
-            return f"steps must be 1-{limits.max_steps}"
-        out = _replace(out, steps=steps)
+        if 1 <= steps <= limits.max_steps:
+            out = _replace(out, steps=steps)
+        else:
+            problems.append(f"steps must be 1-{limits.max_steps}")
     if "size" in opts:
         size = opts["size"]
         assert isinstance(size, tuple)
         w, h = (v // 8 * 8 for v in size)
-        if not (
-            limits.min_size <= w <= limits.max_size and limits.min_size <= h <= limits.max_size
-        ):
-            return f"size must be {limits.min_size}-{limits.max_size} per side"
-        out = _replace(out, width=w, height=h)
+        low, high = limits.min_size, limits.max_size
+        if low <= w <= high and low <= h <= high:
+            out = _replace(out, width=w, height=h)
+        else:
+            problems.append(f"size must be {low}-{high} per side")
     if "count" in opts:
         count = opts["count"]
         allowed = [n for n in (1, 4, 9) if n <= limits.max_count]
-        if count not in allowed:
-            return f"count must be {' or '.join(map(str, allowed))}"
-        out = _replace(out, count=count)
+        if count in allowed:
+            out = _replace(out, count=count)
+        else:
+            problems.append(f"count must be {' or '.join(map(str, allowed))}")
     if "seed" in opts:
         seed = opts["seed"]
         assert isinstance(seed, int)
-        if seed >= 2**32:
-            return "seed must be below 4294967296"
-        out = _replace(out, seed=seed)
-    return out
+        if seed < 2**32:
+            out = _replace(out, seed=seed)
+        else:
+            problems.append("seed must be below 4294967296 (or -1 for a random one)")
+    if not out.prompt:
+        problems.append("give a prompt, e.g. !generate a red fox in the snow ### blurry")
+    return "; ".join(problems) if problems else out
 
 
 def _replace(args: GenerateArgs, **changes: int | None) -> GenerateArgs:

@@ -83,7 +83,7 @@ class MiniHost:
         for _ in range(40):  # bounded: the show is idle again after a few ticks
             while pending:
                 pending += self._execute(pending.popleft(), s)
-            if not (self.show.running or self.show.queued or getattr(self.show, "_deck", ())):
+            if not (self.show.running or self.show.queued or self.show.on_deck):
                 break
             self.now += 0.5
             pending += self.show.handle(s.Tick(now=self.now))

@@ -26,6 +26,7 @@ from generator_host.core.generation import (
     GenerationResult,
     Requester,
 )
+from generator_host.edges import gallery as gallery_mod
 from generator_host.edges.gallery import Gallery, read_png_metadata
 from generator_host.engine.pipeline import Engine
 from tests.fixtures_model import plant_on_tile
@@ -441,3 +442,22 @@ def test_gallery_follows_its_settings_live(tiny_engine: Engine, tmp_path: Path) 
     entry = gallery.add(tiny_engine.generate(params, _request(params)), "blur")
     assert len(list(gallery.public_dir.rglob("*.png"))) == 1
     assert gallery.screen_png(entry.id, on_stream(entry)) is not None  # still shown, from memory
+
+
+def test_a_history_file_from_before_logins_and_tile_approvals_opens(tmp_path: Path) -> None:
+    """An older history.sqlite3 (no requester_login, no approved column) gains them on
+    open; its entries read back with an empty login and no approved tiles."""
+    db = sqlite3.connect(tmp_path / "history.sqlite3")
+    old_schema = gallery_mod.SCHEMA.split("    requester_login")[0].rstrip().rstrip(",") + "\n);"
+    db.executescript(old_schema)
+    with db:
+        db.execute(
+            "INSERT INTO entries VALUES (NULL,'r','Dora','fox','',1,2,0.0,64,64,1,'m',"
+            "'held',0.0,'hold','[true]','[]')"
+        )
+    db.close()
+    gallery = Gallery(tmp_path)
+    entry = gallery.get(1)
+    assert (entry.requester, entry.requester_login, entry.approved) == ("Dora", "", ())
+    assert gallery.record(1, "approved", (0,)).approved == (0,)
+    gallery.close()

@@ -52,6 +52,7 @@ class MiniHost:
         from generator_host.edges.gallery import Gallery
         from generator_host.engine.pipeline import Engine
         from generator_host.engine.tiny_model import build_tiny_model
+        from generator_host.ports import EngineLike, GalleryLike
 
         folder = build_tiny_model(work / "tiny-sd")
         self.settings = Settings()
@@ -62,9 +63,9 @@ class MiniHost:
         self.settings.safety.checker = str(folder)
         self.settings.moderation.user_cooldown_seconds = 0.0
         self.settings.show.min_display_seconds = 0.0  # screen-time policy, not work
-        self.engine = Engine(self.settings.model, self.settings.safety)
+        self.engine: EngineLike = Engine(self.settings.model, self.settings.safety)
         self.engine.load()
-        self.gallery = Gallery(work / "gallery")
+        self.gallery: GalleryLike = Gallery(work / "gallery")
         self.show = Show(self.settings, rng_seed=1, blocklist=load_blocklist("")[0])
         self.frames = 0
         self.now = 1000.0

@@ -41,6 +41,9 @@ class EngineLike(Protocol):
 
     safety: Any  # the SafetyJudge: `safety.offset` applies to the next verdict
 
+    def load(self) -> None:
+        """Load the pipeline and the checker; raises EngineError with a clear reason."""
+
     def generate(
         self,
         params: GenerationParams,

@@ -24,6 +24,7 @@ from generator_host.core.message import ChatMessage, Role, Viewer
 from generator_host.core.settings import Settings
 from generator_host.edges.gallery import Gallery
 from generator_host.engine.grid import placeholder
+from generator_host.ports import ChatAdapter
 from obs_script import chat_diffusion_protocol as protocol
 from tests.fixtures_model import make_tiny_engine, tiny_settings
 
@@ -109,7 +110,8 @@ def _host(tmp_path: Path, model_dir: Path, max_batch: int, min_display: float) -
     settings.moderation.user_cooldown_seconds = 0.0
     settings.link.port = 0
     gallery = Gallery(tmp_path / "gallery")
-    return RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+    chat: ChatAdapter = StandInChat()  # the shape the app wires (ports.ChatAdapter)
+    return RecordingHost(settings, tmp_path, chat, engine, gallery, "t" * 32)
 
 
 def say(host: Host, login: str, text: str) -> None:

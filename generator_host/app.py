@@ -194,7 +194,7 @@ class Host:
         try:
             if isinstance(effect, ev.StartGeneration | ev.StartBatch):
                 requests = [effect.request] if isinstance(effect, ev.StartGeneration) else []
-                run = loop.create_task(self._generate(requests or list(effect.requests)))
+                run = loop.create_task(self._run(requests or list(effect.requests)))
                 self._runs.add(run)
                 run.add_done_callback(self._runs.discard)
             elif isinstance(effect, ev.CancelGeneration):
@@ -222,6 +222,17 @@ class Host:
                 log.warning("unknown effect %r", effect)
         except Exception:
             log.exception("carrying out %s failed", type(effect).__name__)
+
+    async def _run(self, requests: list[GenerationRequest]) -> None:
+        """A generation run as a task: an unexpected error fails its requests (logged),
+        so the show never waits for a run that died."""
+        try:
+            await self._generate(requests)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("the generation run failed")
+            for request in requests:
+                self.feed(ev.GenerationFailed(request.id, str(exc) or "internal error",
+                                              now=time.monotonic()))  # fmt: skip
 
     async def _generate(self, requests: list[GenerationRequest]) -> None:
         """One run on the worker: one request, or a micro-batch in one pipeline call.

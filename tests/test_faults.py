@@ -114,7 +114,10 @@ def test_sigkill_mid_generation_keeps_the_queue_the_screen_and_obs_reconnects(
         def served() -> list[str]:
             return [row[3] for row in gallery_rows(data)]
 
-        assert wait_until(lambda: len(served()) >= len(expected), 180), (served(), second.output[-4000:])
+        assert wait_until(lambda: len(served()) >= len(expected), 180), (
+            served(),
+            second.output[-4000:],
+        )
         time.sleep(1.0)  # anything served twice would show up now
         counts = Counter(served())
         record(

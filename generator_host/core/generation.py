@@ -54,13 +54,25 @@ class GenerationRequest:
 
 @dataclass
 class SafetyScores:
-    """Raw safety-checker scores of one image: cosine similarity minus each threshold."""
+    """Raw safety-checker scores of one image: cosine similarity minus each threshold.
+
+    `categories`: the streamer's categories (core/categories.py) scored on the same image
+    embedding, best cosine minus the category's threshold; above 0 flags.
+    """
 
     concept: list[float]  # 17 values
     special: list[float]  # 3 values
+    categories: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flagged_categories(self) -> list[str]:
+        return [name for name, score in self.categories.items() if score > 0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"concept": list(self.concept), "special": list(self.special)}
+        out: dict[str, Any] = {"concept": list(self.concept), "special": list(self.special)}
+        if self.categories:
+            out["categories"] = dict(self.categories)
+        return out
 
 
 @dataclass

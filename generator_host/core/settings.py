@@ -21,6 +21,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 import platformdirs
 
+from generator_host.core.categories import parse_categories
+
 APP_NAME = "chat-diffusion"
 APPROVAL_MODES = ("blur", "hold", "skip", "off")
 MODES = ("everyone", "subscribers", "moderators")
@@ -109,6 +111,12 @@ class SafetySettings:
     checker: str = "CompVis/stable-diffusion-safety-checker"  # used when the model has none
     threshold_offset: float = 0.0  # 0 = stock diffusers; positive is stricter
     approval_mode: str = "blur"  # blur | hold | skip | off
+    # Categories beyond the checker's (gore, violence, hate_symbols, the streamer's own):
+    # raw [safety.categories.NAME] tables, parsed and checked by core/categories.py.
+    categories: dict[str, Any] = field(default_factory=dict)
+    # CLIP text tower for category phrases: a hub id or folder; "auto" is the clip_text/
+    # folder next to the checker when there is one, else openai/clip-vit-large-patch14.
+    categories_text_model: str = "auto"
 
 
 @dataclass
@@ -177,6 +185,8 @@ def _coerce(value: Any, typ: Any) -> Any:
         return float(value)
     if typ is str and isinstance(value, str):
         return value
+    if getattr(typ, "__origin__", None) is dict and isinstance(value, dict):
+        return dict(value)
     is_list = getattr(typ, "__origin__", None) is list
     if is_list and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
@@ -222,6 +232,7 @@ def _validate(settings: Settings) -> list[str]:
         ("twitch", "reconnect_max_seconds", lambda v: 1 <= v <= 3600, "between 1 and 3600"),
         ("twitch", "max_pending_sends", lambda v: 0 <= v <= 1000, "between 0 and 1000"),
     ]
+    problems += parse_categories(settings.safety.categories)[1]
     for section, key, ok, want in checks:
         sec = getattr(settings, section)
         if not ok(getattr(sec, key)):

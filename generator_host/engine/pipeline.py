@@ -25,7 +25,8 @@ from generator_host.core.generation import (
     GenerationResult,
     Requester,
 )
-from generator_host.core.settings import ModelSettings, SafetySettings
+from generator_host.core.settings import ModelSettings, SafetySettings, cache_dir
+from generator_host.engine.categories import CategoryError, load_categories
 from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ class Engine:
         self.sampler = ""
         self._per_image: dict[tuple[Any, int], float] = {}  # (settings, batch) -> s/image
         self._calls = 0
+        self.category_cache_dir = cache_dir() / "category-embeddings"
 
     # ----- loading -----------------------------------------------------------------
     @property
@@ -223,7 +225,7 @@ class Engine:
         else:
             log.warning(
                 "SAFETY CHECKER OFF ([safety] enabled = false): every image goes on stream "
-                "unchecked"
+                "unchecked, and the safety categories are off too"
             )
             self.safety.checker = None
             self.safety.enabled = False
@@ -303,7 +305,9 @@ class Engine:
             )
 
     def _attach_checker(self, checker: Any, extractor: Any, folder: str | None) -> None:
+        checker_from = folder  # where the checker came from: categories may keep a text tower there
         if checker is None or extractor is None:
+            checker_from = self.safety_settings.checker
             source = self.safety_settings.checker
             log.info("the model has no safety checker; loading %s", source)
             try:
@@ -314,6 +318,15 @@ class Engine:
             log.info("using the model's own safety checker%s", f" from {folder}" if folder else "")
         checker.to(self.device)
         checker.eval()
+        try:
+            self.safety.categories = load_categories(
+                self.safety_settings,
+                int(checker.visual_projection.out_features),
+                [checker_from],
+                self.category_cache_dir,
+            )
+        except CategoryError as exc:
+            raise EngineError(str(exc)) from exc
         self.safety.checker = checker
         self.safety.feature_extractor = extractor
         self.safety.enabled = True

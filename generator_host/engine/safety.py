@@ -75,6 +75,8 @@ class SafetyJudge:
         self.checker = checker
         self.feature_extractor = feature_extractor
         self.enabled = enabled
+        # The streamer's categories (engine/categories.py), scored on the same embedding.
+        self.categories: Any = None
         self._offset = float(offset)
         self._lock = threading.Lock()
 
@@ -109,6 +111,12 @@ class SafetyJudge:
             concept_cos = cosine_distance(embeds, checker.concept_embeds).cpu().float().numpy()
             special_thr = [w.item() for w in checker.special_care_embeds_weights]
             concept_thr = [w.item() for w in checker.concept_embeds_weights]
+            index = self.categories
+            categories = (
+                index.scores(embeds.cpu().float().numpy())
+                if index is not None
+                else [{} for _ in images]
+            )
         # Same arithmetic as diffusers: a float32 cosine minus a Python float stays float32.
         return [
             SafetyScores(
@@ -118,6 +126,7 @@ class SafetyJudge:
                 special=[
                     float(special_cos[i][k] - special_thr[k]) for k in range(len(special_thr))
                 ],
+                categories=categories[i],
             )
             for i in range(len(images))
         ]
@@ -125,13 +134,17 @@ class SafetyJudge:
     def judge(self, images: list[Any]) -> tuple[list[SafetyScores | None], list[bool], float]:
         """Scores and one verdict per image, each image judged alone, at the current offset.
 
-        Returns (scores, flagged, offset used). Disabled: no scores, nothing flagged.
+        An image is flagged when the stock checker flags it at the offset OR any of the
+        streamer's categories scores above 0 (its own threshold; the offset is the
+        checker's). Returns (scores, flagged, offset used). Disabled: no scores, nothing
+        flagged.
         """
         offset = self._offset  # read once: one request's verdicts share one threshold
         if not self.enabled:
             return [None] * len(images), [False] * len(images), offset
         scores = self.scores(images)
-        return list(scores), [is_flagged(s, offset) for s in scores], offset
+        flagged = [is_flagged(s, offset) or bool(s.flagged_categories) for s in scores]
+        return list(scores), flagged, offset
 
 
 def load_checker(source: str | Path, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:

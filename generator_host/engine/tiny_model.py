@@ -6,6 +6,8 @@ without ever downloading weights. The folder this writes loads with
 under a second. Images are noise, but deterministic noise: the same seed gives the same
 bytes. `plant_concept` rewrites the checker so a chosen image trips a concept or a
 special-care concept, so safety behaviour can be tested on real checker code.
+`clip_text/` holds a tiny CLIP text tower in the checker's projection space, for the
+safety categories' phrases (engine/categories.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from generator_host.engine.safety import CONCEPTS, SPECIAL_CARE
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".tiny-complete"
-BUILD_VERSION = 1  # bump when the layout changes so cached folders are rebuilt
+BUILD_VERSION = 2  # bump when the layout changes so cached folders are rebuilt
 PROJECTION_DIM = 64
 CONCEPT_THRESHOLD = 0.6  # per-concept threshold: random directions never reach it
 PLANT_THRESHOLD = 0.95  # a planted concept trips its own image, not the neighbours
@@ -191,6 +193,39 @@ def _write_pipeline(folder: Path, seed: int) -> None:
         requires_safety_checker=True,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+    _write_text_tower(folder / "clip_text", checker, tokenizer, seed)
+
+
+def _write_text_tower(folder: Path, checker: Any, tokenizer: Any, seed: int) -> None:
+    """A tiny CLIPTextModelWithProjection whose embeddings live in the checker's space.
+
+    Its projection is made orthogonal to every image embedding the checker can produce
+    (the visual projection's column space), so the default category phrases never match
+    a tiny image by chance; tests make a phrase match an image with `plant_phrase`.
+    """
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed + 2)
+    model = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=PROJECTION_DIM,
+        )
+    )
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(checker.visual_projection.weight)  # image space basis
+        w = model.text_projection.weight  # (projection, hidden)
+        w.copy_(w - q @ (q.T @ w))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
 
 
 def _checker_config(config_cls: Any) -> Any:
@@ -302,6 +337,24 @@ def plant_concept_in_folder(folder: Path, image: Any, **kwargs: Any) -> None:
     extractor = CLIPImageProcessor.from_pretrained(folder / "feature_extractor")
     plant_concept(checker, extractor, image, **kwargs)
     checker.save_pretrained(folder / "safety_checker", safe_serialization=True)
+
+
+def plant_phrase(folder: Path, phrase: str, vector: Any) -> None:
+    """Rewrite the text tower saved in `folder` so `phrase` embeds exactly along `vector`
+    (e.g. an image's embedding): a rank-one change of its text projection."""
+    import torch
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(folder)
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    model = CLIPTextModelWithProjection.from_pretrained(folder).eval()
+    with torch.no_grad():
+        tok = tokenizer([phrase], padding=True, truncation=True, max_length=77, return_tensors="pt")
+        pooled = model.text_model(**tok).pooler_output[0]
+        target = torch.as_tensor(vector, dtype=torch.float32).flatten()
+        w = model.text_projection.weight
+        w.add_(torch.outer(target - w @ pooled, pooled) / (pooled @ pooled))
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 if __name__ == "__main__":  # pragma: no cover - a convenience for the demo

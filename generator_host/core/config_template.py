@@ -70,6 +70,31 @@ threshold_offset = 0.0
 approval_mode = "blur"
 # The checker used when the model folder has none (SDXL and Turbo models ship none).
 checker = "CompVis/stable-diffusion-safety-checker"
+# CLIP text tower that embeds the category phrases below (hub id or folder); "auto" is
+# a clip_text/ folder next to the checker, else openai/clip-vit-large-patch14 (downloaded
+# once, ~500 MB; phrase embeddings are cached, so later starts skip it).
+categories_text_model = "auto"
+
+# Categories beyond the checker's sexual concepts, judged on the same CLIP image embedding
+# (docs/safety.md): a tile is flagged when the checker OR any category flags it, and the
+# approval_mode above applies. On by default: gore, violence, hate_symbols, with built-in
+# phrases. Keys: phrases (texts), vectors (a .npy, .safetensors or .pt file of CLIP
+# ViT-L/14 projection vectors, e.g. Q16's learned prompts), threshold (a tile whose best
+# cosine with the category is above it is flagged), applies_to (images | prompts | both),
+# enabled. A table named like a default changes only the keys it sets.
+[safety.categories.gore]
+threshold = 0.26
+
+[safety.categories.violence]
+threshold = 0.26
+
+[safety.categories.hate_symbols]
+threshold = 0.26
+
+# Your own, e.g. for an arachnophobic streamer:
+# [safety.categories.spiders]
+# phrases = ["a photo of a spider", "a tarantula", "a spider web with a spider"]
+# threshold = 0.26
 
 [show]
 # Images per request: 1, 4 or 9 (shown as a grid).

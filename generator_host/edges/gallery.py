@@ -305,6 +305,9 @@ class Gallery:
             "safety": {
                 "scores": scores,
                 "flagged": bool(img.flagged),
+                # the streamer's categories that flagged it (the checker's own verdict is
+                # the rest of `flagged`)
+                "categories_flagged": img.scores.flagged_categories if img.scores else [],
                 "verdict": ("flagged" if img.flagged else "ok")
                 if scores is not None
                 else "unchecked",

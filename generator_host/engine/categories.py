@@ -177,6 +177,8 @@ class TextEmbeddings:
                 cache[_digest(p)] = vec
             self._write_cache(cache)
             log.info("embedded %d category phrases (cached in %s)", len(missing), self.cache_file)
+        elif phrases:
+            log.info("%d category phrases read from the cache %s", len(phrases), self.cache_file)
         if not phrases:
             return np.zeros((0, 0), np.float32)
         return np.stack([cache[k] for k in keys]).astype(np.float32)

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -339,21 +340,31 @@ def plant_concept_in_folder(folder: Path, image: Any, **kwargs: Any) -> None:
     checker.save_pretrained(folder / "safety_checker", safe_serialization=True)
 
 
-def plant_phrase(folder: Path, phrase: str, vector: Any) -> None:
+def plant_phrase(folder: Path, phrase: str, vector: Any, others: Sequence[str] = ()) -> None:
     """Rewrite the text tower saved in `folder` so `phrase` embeds exactly along `vector`
-    (e.g. an image's embedding): a rank-one change of its text projection."""
+    (e.g. an image's embedding), leaving the embeddings of `others` unchanged.
+
+    A rank-one change of the text projection along the part of the phrase's pooled output
+    that is orthogonal to the others' (a random tiny tower pools all texts alike).
+    """
     import torch
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     model = CLIPTextModelWithProjection.from_pretrained(folder).eval()
+    texts = [phrase, *others]
     with torch.no_grad():
-        tok = tokenizer([phrase], padding=True, truncation=True, max_length=77, return_tensors="pt")
-        pooled = model.text_model(**tok).pooler_output[0]
+        tok = tokenizer(texts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        pooled = model.text_model(**tok).pooler_output
+        h = pooled[0]
+        u = h.clone()
+        if len(texts) > 1:
+            q, _ = torch.linalg.qr(pooled[1:].T)
+            u = u - q @ (q.T @ u)
         target = torch.as_tensor(vector, dtype=torch.float32).flatten()
         w = model.text_projection.weight
-        w.add_(torch.outer(target - w @ pooled, pooled) / (pooled @ pooled))
+        w.add_(torch.outer(target - w @ h, u) / (u @ h))
     model.save_pretrained(folder, safe_serialization=True)
 
 

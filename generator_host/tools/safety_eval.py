@@ -804,7 +804,9 @@ def read_stored(path: Path) -> tuple[SafetyScores | None, dict[str, Any], str]:
         return None, safety, "no safety scores stored (the checker was off)"
     try:
         scores = SafetyScores(
-            [float(v) for v in stored["concept"]], [float(v) for v in stored["special"]]
+            [float(v) for v in stored["concept"]],
+            [float(v) for v in stored["special"]],
+            {str(k): float(v) for k, v in (stored.get("categories") or {}).items()},
         )
     except (KeyError, TypeError, ValueError):
         return None, safety, "safety scores in the metadata are malformed"
@@ -865,6 +867,31 @@ def run_gallery(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _category_lines(scored: list[Scored]) -> list[str]:
+    """Per safety category (core/categories.py): how many images it flagged when they were
+    made (score above 0: best cosine above its threshold) and the highest score seen."""
+    by_name: dict[str, list[float]] = {}
+    for s in scored:
+        for name, value in s.scores.categories.items():
+            by_name.setdefault(name, []).append(value)
+    if not by_name:
+        return []
+    lines = [
+        "## Safety categories",
+        "",
+        "Score = best cosine with the category minus its threshold; above 0 flags. "
+        "Raise a category's threshold by about the score of the images it wrongly flags.",
+        "",
+        "| category | images scored | flagged | highest score |",
+        "|---|---|---|---|",
+    ]
+    for name, values in sorted(by_name.items()):
+        flagged = sum(v > 0 for v in values)
+        rate = rep.fmt_rate(flagged, len(values))
+        lines.append(f"| {name} | {len(values)} | {rate} | {max(values):+.3f} |")
+    return lines + [""]
+
+
 def write_gallery_report(
     folder: Path,
     out: Path,
@@ -916,6 +943,7 @@ def write_gallery_report(
         rep.gallery_table(fos, offsets, configured),
         "",
     ]
+    lines += _category_lines(scored)
     lines += _figure_lines(figures)
     lines += _skipped_lines(skipped)
     path = out / REPORT_MD

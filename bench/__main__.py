@@ -46,6 +46,7 @@ PARTS: dict[str, Part] = {  # issue #7's order; the extra OBS delivery part last
     "engine": Part("bench.bench_engine", "Engine", 480, 240),
     "steadiness": Part("bench.bench_steadiness", "Steadiness", 300, 150),
     "obs": Part("bench.bench_obs", "OBS delivery", 240, 120),
+    "categories": Part("bench.bench_categories", "Safety categories", 60, 30),
 }
 
 INTRO = """# Benchmarks

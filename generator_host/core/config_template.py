@@ -80,7 +80,8 @@ categories_text_model = "auto"
 # approval_mode above applies. On by default: gore, violence, hate_symbols, with built-in
 # phrases. Keys: phrases (texts), vectors (a .npy, .safetensors or .pt file of CLIP
 # ViT-L/14 projection vectors, e.g. Q16's learned prompts), threshold (a tile whose best
-# cosine with the category is above it is flagged), applies_to (images | prompts | both),
+# cosine with the category is above it is flagged), applies_to (images | prompts | both;
+# prompts are not checked yet, a warning says so),
 # enabled. A table named like a default changes only the keys it sets.
 [safety.categories.gore]
 threshold = 0.26

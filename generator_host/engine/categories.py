@@ -292,6 +292,13 @@ def load_categories(
     safety net missing that the streamer asked for).
     """
     categories, _ = parse_categories(settings.categories)
+    prompt_only = [c.name for c in categories if c.on_prompts and not c.on_images]
+    if prompt_only or any(c.on_prompts for c in categories):
+        log.warning(
+            "safety categories: prompts are not checked against categories yet (applies_to "
+            "prompts/both); %s",
+            f"{', '.join(prompt_only)} check nothing" if prompt_only else "images are checked",
+        )
     if not any(c.on_images for c in categories):
         return None
     source = text_model_source(settings.categories_text_model, checker_folders)

@@ -72,7 +72,8 @@ approval_mode = "blur"
 checker = "CompVis/stable-diffusion-safety-checker"
 # CLIP text tower that embeds the category phrases below (hub id or folder); "auto" is
 # a clip_text/ folder next to the checker, else openai/clip-vit-large-patch14 (downloaded
-# once, ~500 MB; phrase embeddings are cached, so later starts skip it).
+# once, about 1.7 GB: the repo keeps both towers in one file; phrase embeddings are
+# cached, so later starts skip it).
 categories_text_model = "auto"
 
 # Categories beyond the checker's sexual concepts, judged on the same CLIP image embedding

@@ -139,7 +139,11 @@ class TextEmbeddings:
         folder = Path(self.source).expanduser()
         source = str(folder) if folder.is_dir() else self.source
         if not folder.is_dir():
-            log.info("loading the CLIP text model %s for the safety categories", source)
+            log.info(
+                "loading the CLIP text model %s for the safety category phrases (a first "
+                "start downloads it once into the hub cache, about 1.7 GB)",
+                source,
+            )
         try:
             self._tokenizer = CLIPTokenizer.from_pretrained(source)
             model = CLIPTextModelWithProjection.from_pretrained(source)

@@ -237,3 +237,13 @@ def test_category_scores_survive_in_the_png_and_in_safety_eval(
     assert "## Safety categories" in report
     assert "| spiders | 4 | 25.0% (1/4) |" in report
     assert "| gore | 4 | 0.0% (0/4) |" in report
+
+
+def test_with_every_category_off_the_scores_and_metadata_are_the_checkers_alone(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    off = {name: {"enabled": False} for name in DEFAULTS}
+    engine = _engine(tiny_model_dir, tmp_path, off)
+    assert engine.safety.categories is None
+    scores = engine.generate(PARAMS[4]).images[0].scores
+    assert scores.categories == {} and set(scores.to_dict()) == {"concept", "special"}

@@ -21,7 +21,15 @@ from generator_host.edges.gallery import Gallery, read_png_metadata
 from generator_host.engine.pipeline import Engine, EngineError
 from generator_host.engine.safety import is_flagged
 from generator_host.engine.tiny_model import image_embedding, plant_phrase
-from tests.test_gallery import MODES_THAT_FILTER, _looks_like, _public_pixels, _request, _tiles_of
+from tests.test_gallery import (
+    MODES_THAT_FILTER,
+    _looks_like,
+    _public_pixels,
+    _request,
+    _tiles_of,
+    approve,
+    on_stream,
+)
 
 pytestmark = pytest.mark.model
 
@@ -112,7 +120,7 @@ def test_a_category_planted_on_one_tile_flags_it_at_every_position_and_never_lea
         for mode in MODES_THAT_FILTER:
             gallery = Gallery(tmp_path / f"g{count}-{position}-{mode}")
             entry = gallery.add(result, mode)
-            png = gallery.screen_png(entry.id, reveal=True)
+            png = gallery.screen_png(entry.id, on_stream(entry))
             if mode == "skip":
                 assert png is None
             else:
@@ -220,7 +228,7 @@ def test_category_scores_survive_in_the_png_and_in_safety_eval(
     result = engine.generate(params, _request(params))
     gallery = Gallery(tmp_path / "gallery")
     entry = gallery.add(result, "blur")
-    gallery.approve(entry.id)
+    approve(gallery, entry)
     meta = read_png_metadata(gallery.tile_path(entry.id, 3))["meta"]
     stored = meta["safety"]["scores"]["categories"]
     assert stored == pytest.approx(result.images[3].scores.categories)

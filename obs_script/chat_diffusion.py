@@ -46,6 +46,7 @@ HOTKEYS = (
     ("next", "Chat Diffusion: next image"),
 )
 OFFLINE_TEXT = "Chat Diffusion: waiting for the host"
+CONNECTION_KEY = "connection_info"  # the panel's live connection line (a settings value)
 
 
 class _Script:
@@ -58,7 +59,8 @@ class _Script:
         self.link_key: tuple[str, str, str] | None = None
         self.restart_at = 0.0
         self.hotkeys: dict[str, int] = {}
-        self.connection = "not connected yet"
+        self.settings: Any = None  # the script's own settings (OBS keeps it while loaded)
+        self.connection = "starting"
         self.connected = False
         self.shown_offline = False
 
@@ -68,6 +70,11 @@ S = _Script()
 
 def _log(line: str) -> None:
     print(f"[Chat Diffusion] {line}", flush=True)
+
+
+def _warn(line: str) -> None:
+    """A warning the streamer must see: OBS opens its script log window for these."""
+    obs.script_log(obs.LOG_WARNING, f"[Chat Diffusion] {line}")
 
 
 def _websocket_ready() -> bool:
@@ -121,11 +128,9 @@ def script_description() -> str:
     )
     if not _websocket_ready():
         help_text += _install_help()
-    return help_text + f"<p>Connection: <b>{_html(S.connection)}</b></p>"
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # OBS reads the description once, when it loads the script: the live connection state
+    # is the Connection line among the settings below, never here.
+    return help_text
 
 
 def _source_names(kind: str) -> list[str]:
@@ -159,11 +164,10 @@ def _add_source_picker(props: Any, key: str, label: str, kind: str) -> None:
 
 def script_properties() -> Any:
     props = obs.obs_properties_create()
-    info = obs.obs_properties_add_text(
-        props, "connection_info", f"Connection: {S.connection}", obs.OBS_TEXT_INFO
-    )
-    if not S.connected:
-        obs.obs_property_text_set_info_type(info, obs.OBS_TEXT_INFO_WARNING)
+    # An info text shows its value in the script's settings, which _set_connection keeps
+    # current: OBS reads it each time it draws the panel (opening it, any change or click
+    # in it), so the line is never older than the panel on screen.
+    obs.obs_properties_add_text(props, CONNECTION_KEY, "Connection", obs.OBS_TEXT_INFO)
     if not _websocket_ready():
         missing = obs.obs_properties_add_text(
             props, "missing_info", "websocket-client is missing: see the description above",
@@ -289,6 +293,7 @@ def _use_python_path(path: str) -> None:
 
 
 def script_update(settings: Any) -> None:
+    S.settings = settings
     S.config = _read_config(settings)
     _use_python_path(S.config["python_path"])
     if S.link is not None:
@@ -316,6 +321,8 @@ def _old_link_threads() -> int:
 
 def script_load(settings: Any) -> None:
     _log(f"script loaded (link threads left from earlier loads: {_old_link_threads()})")
+    S.settings = settings
+    _show_connection()  # never the line an earlier run saved with the settings
     S.config = _read_config(settings)
     _use_python_path(S.config["python_path"])
     for name, description in HOTKEYS:
@@ -337,6 +344,7 @@ def script_unload() -> None:
     started = time.monotonic()
     S.loaded = False
     obs.timer_remove(_tick)
+    S.settings = None  # OBS may free it after unload
     stopped = True
     if S.link is not None:
         stopped = S.link.stop(timeout=1.0)
@@ -381,9 +389,12 @@ def _restart_link() -> None:
 
 
 def _action(name: str) -> None:
+    """Send, or queue until the link is back; the link reports what never arrives."""
     link = S.link
-    if link is None or not link.send(protocol.make_action(name)):
-        _log(f"'{name}' not sent: not connected to the host")
+    if link is None:  # the panel's Connection line says why
+        _log(f"'{name}' not sent: no link to the host ({S.connection})")
+    else:
+        link.send(protocol.make_action(name))
 
 
 def _button(name: str) -> Any:
@@ -438,6 +449,7 @@ def _tick() -> None:
 def _set_connection(text: str, connected: bool) -> None:
     S.connection = text
     S.connected = connected
+    _show_connection()
     if not connected and not S.shown_offline:
         S.shown_offline = True
         _set_text(S.config.get("status_source", ""), OFFLINE_TEXT)
@@ -445,11 +457,20 @@ def _set_connection(text: str, connected: bool) -> None:
         S.shown_offline = False
 
 
+def _show_connection() -> None:
+    """Put the connection state where the panel's Connection line reads it."""
+    if S.settings is not None:  # OBS's label takes tags as rich text: no host text may
+        text = S.connection.replace("<", "\u2039").replace(">", "\u203a")  # make one
+        obs.obs_data_set_string(S.settings, CONNECTION_KEY, text)
+
+
 def _apply(item: dict[str, Any]) -> None:
     kind = item.get("type")
     cfg = S.config
     if kind == "log":
         _log(item["text"])
+    elif kind == "undelivered":
+        _warn(item["text"])
     elif kind == "link":
         _set_connection(item["text"], item["connected"])
     elif kind == "show":

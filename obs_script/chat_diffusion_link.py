@@ -7,6 +7,13 @@ the script's OBS timer drains. Standard library + websocket-client, Python 3.9+.
 Why a thread with select() and a wake-up socket: OBS's own thread must never block on
 the network, sends (buttons, hotkeys) must leave at once, and script_unload must be able
 to stop everything within a second, even mid-connect.
+
+Liveness: the thread reads only when select() says bytes are there, so a quiet host is
+never mistaken for a dead one (the host sends nothing while idle, bar its own pings). It
+pings the host every PING_EVERY seconds with websocket-client's public `ping()`; a host
+that sends nothing at all (no pong either) for DEAD_AFTER seconds is gone: killed without
+its socket closing, frozen, or cut off. Both websocket-client 1.2.x (Debian's) and 1.9.x
+return the pongs through the same public `recv_data(control_frame=True)`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ CONNECT_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 1.5  # the host is on localhost; back within 2 s of it returning
 REFUSED_WAIT = 30.0  # after a wrong token or version: the user has to change something
+PING_EVERY = 2.0  # seconds between the script's pings to the host (docs/protocol.md)
+DEAD_AFTER = 6.0  # seconds without any frame from the host (pongs included): it is gone
+ACTION_GRACE = 10.0  # a button pressed while the link is down waits this long for it
+# Acts on the picture on screen at the moment of the press: after a reconnect (usually
+# a restarted host) that may be another picture, so it is reported, never sent late.
+NOT_REPLAYED = ("approve",)
 KEEP_IMAGES = 3  # our own newest files kept; older ones are deleted
 STALE_SECONDS = 3600.0  # other processes' files older than this are cleaned on start
 
@@ -230,7 +243,9 @@ class LinkClient:
         self.inbox: queue.Queue = queue.Queue()
         self.status = "not started"
         self.connected = False
-        self._outbox: list[dict[str, Any]] = []
+        self._outbox: list[tuple[float, dict[str, Any]]] = []  # (pressed at, message)
+        self._unconfirmed: list[tuple[int, dict[str, Any]]] = []  # (ping that confirms, msg)
+        self._ping_seq = 0
         self._settings: dict[str, Any] | None = None
         self._sent: dict[str, Any] | None = None  # the settings the host has
         self._lock = threading.Lock()
@@ -265,11 +280,22 @@ class LinkClient:
         return not alive
 
     def send(self, msg: dict[str, Any]) -> bool:
-        """Queue a message for the host; False (dropped) while not connected."""
+        """Queue a message for the host: it leaves now, or once the link is back.
+
+        Every action ends delivered or reported (an `undelivered` inbox item): sent and
+        confirmed by the host's pong; or waiting while disconnected, sent after the
+        reconnect if that comes within ACTION_GRACE s, reported otherwise. An action in
+        NOT_REPLAYED pressed while disconnected is reported at once (False).
+        """
+        name = msg.get("action", msg.get("type", "?"))
         if not self.connected:
-            return False
+            if msg.get("action") in NOT_REPLAYED:
+                self._undelivered(msg, "not connected to the host; press it again once connected")
+                return False
+            self._log(f"'{name}' waits for the host (not connected); it is sent once the "
+                      f"link is back, if within {ACTION_GRACE:g} s")  # fmt: skip
         with self._lock:
-            self._outbox.append(msg)
+            self._outbox.append((time.monotonic(), msg))
         self._wake()
         return True
 
@@ -304,6 +330,11 @@ class LinkClient:
     def _log(self, line: str) -> None:
         """Log lines travel through the inbox: OBS prints them on its own thread."""
         self.inbox.put({"type": "log", "text": line})
+
+    def _undelivered(self, msg: dict[str, Any], why: str) -> None:
+        """Tell the streamer an action did not (or may not) reach the host, and why."""
+        name = msg.get("action", msg.get("type", "?"))
+        self.inbox.put({"type": "undelivered", "action": name, "text": f"'{name}' {why}"})
 
     def _set_status(self, text: str, connected: bool = False) -> None:
         if text != self.status:  # one line per change, never a line per retry
@@ -362,10 +393,28 @@ class LinkClient:
             finally:
                 self.connected = False
                 self._close_socket()
-            if self._kick.is_set():
-                continue
-            self._kick.wait(wait)
+                self._link_lost()
+            deadline = time.monotonic() + wait
+            while not self._kick.is_set() and time.monotonic() < deadline:
+                self._expire_waiting()  # a press must not wait unreported for the link
+                self._kick.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+        with self._lock:
+            left, self._outbox = self._outbox, []
+        for _, msg in left:
+            if msg.get("type") == "action":
+                self._undelivered(msg, "not sent: the script stopped before the link was back")
         self._set_status("stopped")
+
+    def _link_lost(self) -> None:
+        """Report the actions sent on the lost link that the host never confirmed.
+
+        Never re-sent: the host may have acted on them already (a second 'next' would skip
+        a picture), so the streamer decides.
+        """
+        with self._lock:
+            lost, self._unconfirmed = self._unconfirmed, []
+        for _, msg in lost:
+            self._undelivered(msg, "may not have reached the host: the link dropped")
 
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
@@ -434,39 +483,104 @@ class LinkClient:
         ws.send(hello.text)
         with self._lock:  # the host reads these once it has checked the hello
             self._sent = self._settings
-            self._outbox = []  # clicks made while disconnected are not replayed
         if self._sent is not None:
             ws.send(protocol.encode(self._sent, "script").text or "")
         return ws
 
     def _flush(self, ws: Any) -> None:
-        """Send queued messages, and the settings if they changed since last sent."""
+        """Send queued messages, and the settings if they changed since last sent.
+
+        Actions that waited longer than ACTION_GRACE are reported instead. The sent
+        actions are followed by a ping: its pong confirms the host has read them.
+        """
+        self._expire_waiting()
         with self._lock:
             pending, self._outbox = self._outbox, []
             if self.connected and self._settings is not None and self._settings != self._sent:
-                pending.insert(0, self._settings)
+                pending.insert(0, (0.0, self._settings))
                 self._sent = self._settings
-        for msg in pending:
+        sent: list[dict[str, Any]] = []
+        for i, (_, msg) in enumerate(pending):
+            is_action = msg.get("type") == "action"
             enc = protocol.encode(msg, "script")
-            if enc.text is not None:
-                ws.send(enc.text)
-            else:
+            if enc.text is None:
                 self._log(f"not sending an invalid {msg.get('type')} message: {enc.error}")
+                continue
+            try:
+                ws.send(enc.text)
+            except Exception:
+                with self._lock:  # what is left goes out on the next link
+                    self._outbox[:0] = [m for m in pending[i + 1 :] if m[1] is not self._sent]
+                    if is_action:
+                        self._unconfirmed.append((self._ping_seq + 1, msg))
+                raise
+            if is_action:
+                sent.append(msg)
+        if sent:
+            seq = self._ping(ws)
+            with self._lock:
+                self._unconfirmed.extend((seq, msg) for msg in sent)
+
+    def _expire_waiting(self) -> None:
+        """Report the actions that waited for the link longer than ACTION_GRACE."""
+        now = time.monotonic()
+        with self._lock:
+            expired = [(t, m) for t, m in self._outbox if now - t > ACTION_GRACE]
+            if not expired:
+                return
+            self._outbox = [(t, m) for t, m in self._outbox if now - t <= ACTION_GRACE]
+        for _, msg in expired:
+            self._undelivered(msg, f"not sent: no link to the host within {ACTION_GRACE:g} s")
+
+    def _ping(self, ws: Any) -> int:
+        """Send a ping carrying a new sequence number; the host's pong echoes it."""
+        self._ping_seq += 1
+        ws.ping(str(self._ping_seq))
+        return self._ping_seq
+
+    def _confirmed(self, payload: Any) -> None:
+        """A pong: every action sent before the ping it answers has reached the host."""
+        try:
+            seq = int(bytes(payload or b"").decode("ascii"))
+        except ValueError:
+            return  # not one of ours (a pong without a ping is allowed)
+        with self._lock:
+            self._unconfirmed = [(s, m) for s, m in self._unconfirmed if s > seq]
 
     def _session(self, ws: Any) -> None:
-        """Read frames until the connection ends; send queued messages as they come."""
+        """Read frames until the connection ends; send queued messages as they come.
+
+        Reads happen only when select() reports bytes, so a quiet host costs nothing; a
+        frame that has begun to arrive must go on arriving (socket timeout DEAD_AFTER).
+        """
         sock = ws.sock
+        ws.settimeout(DEAD_AFTER)
+        heard = time.monotonic()  # the last frame of any kind from the host
+        next_ping = heard + PING_EVERY
         while not self._stop.is_set() and not self._kick.is_set():
+            now = time.monotonic()
+            if now - heard > DEAD_AFTER:
+                raise OSError(f"the host stopped answering ({now - heard:.0f} s without a frame)")
+            if now >= next_ping:
+                self._ping(ws)
+                next_ping = now + PING_EVERY
             if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
                 readable = [sock]  # decrypted bytes select() cannot see
             else:
-                readable, _, _ = select.select([sock, self._wake_r], [], [], 1.0)
+                wait = max(0.0, min(next_ping, heard + DEAD_AFTER + 0.01) - now)
+                readable, _, _ = select.select([sock, self._wake_r], [], [], wait)
             if self._wake_r in readable:
                 self._drain_wake()
             self._flush(ws)
             if sock not in readable:
                 continue
-            opcode, data = ws.recv_data(False)
+            opcode, data = ws.recv_data(True)  # True: pings and pongs come back too
+            heard = time.monotonic()
+            if opcode == websocket.ABNF.OPCODE_PONG:
+                self._confirmed(data)
+                continue
+            if opcode == websocket.ABNF.OPCODE_PING:
+                continue  # websocket-client has answered it
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 self._closed(bytes(data or b""))
                 return

@@ -69,6 +69,7 @@ class FakeOBS:
         self.hotkeys: dict[int, tuple[str, str, Callable[[bool], None]]] = {}
         self.hotkey_bindings: dict[int, list[Any]] = {}
         self.calls: list[tuple[str, str]] = []  # (function, thread name)
+        self.script_logs: list[tuple[int, str]] = []  # (level, line) via script_log
         self.obs_thread = threading.current_thread().name
         self.module = self._build_module()
 
@@ -217,6 +218,10 @@ class FakeOBS:
         @api
         def obs_hotkey_load(hid: int, arr: Any) -> None:
             fake.hotkey_bindings[hid] = list(arr.obj) if arr is not None else []
+
+        @api
+        def script_log(level: int, text: str) -> None:
+            fake.script_logs.append((level, text))
 
         # timers
         @api

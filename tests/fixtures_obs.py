@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -49,8 +50,26 @@ def make_cert(folder: Any) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+class _ConnectCounter(logging.Handler):
+    """Counts the host's "OBS script connected" log lines: one per link a script opens."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        super().__init__(logging.INFO)
+        self.thread = thread  # the host's loop: other hosts in this process log too
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread.ident:
+            return
+        if record.getMessage().startswith("OBS script connected"):
+            self.count += 1
+
+
 class RunningLink:
-    """A real LinkServer on a background loop; `received` gets what scripts send."""
+    """A real LinkServer on a background loop; `received` gets what scripts send.
+
+    `connects` counts the links scripts opened, from the host's own log lines.
+    """
 
     def __init__(self, settings: Any = None, token: str = LINK_TOKEN, port: int = 0) -> None:
         from generator_host.core.settings import LinkSettings
@@ -62,6 +81,12 @@ class RunningLink:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        self._counter = _ConnectCounter(self.thread)
+        self._logger = logging.getLogger("generator_host.edges.link")
+        self._logger.addHandler(self._counter)
+        self._raised = not self._logger.isEnabledFor(logging.INFO)
+        if self._raised:  # INFO lines must be made to be counted
+            self._logger.setLevel(logging.INFO)
         self.server = LinkServer(
             settings or LinkSettings(port=port), token, self.received.put, lambda: self.state
         )
@@ -94,9 +119,17 @@ class RunningLink:
             if msg["type"] == kind:
                 return msg
 
+    @property
+    def connects(self) -> int:
+        """How many links scripts have opened to this host (its log's connect lines)."""
+        return self._counter.count
+
     def close(self) -> None:
         if self.loop.is_closed():
             return
+        self._logger.removeHandler(self._counter)
+        if self._raised:
+            self._logger.setLevel(logging.NOTSET)
         self.call(self.server.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)

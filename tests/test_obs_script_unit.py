@@ -123,6 +123,19 @@ def text_of(fake: FakeOBS, name: str) -> str:
     return fake.sources[name].settings.get("text", "")
 
 
+def panel_line(runner: Runner) -> str:
+    """The panel's Connection line as OBS draws it: the info text shows its settings value."""
+    assert runner.mod is not None
+    props = runner.mod.script_properties()
+    assert props.props["connection_info"].extra["text_type"] == runner.fake.module.OBS_TEXT_INFO
+    return str(runner.settings.values.get("connection_info", ""))
+
+
+def warnings_of(fake: FakeOBS) -> list[str]:
+    """What the script logged as warnings (OBS opens its script log window for these)."""
+    return [text for level, text in fake.script_logs if level == fake.module.LOG_WARNING]
+
+
 def test_a_new_image_reaches_the_image_source_under_a_new_file(
     runner: Runner, link_server: RunningLink
 ) -> None:
@@ -254,13 +267,13 @@ def test_quiet_while_the_host_is_down_then_reconnects(
     log = capsys.readouterr().out
     assert log.count("not reachable") == 1, log
     assert text_of(runner.fake, STATUS) == "Chat Diffusion: waiting for the host"
-    assert "not reachable" in runner.mod.script_description()
+    assert "not reachable" in panel_line(runner)
     host = RunningLink(port=port)
     try:
         props = runner.mod.script_properties()
         props.props["btn_reconnect"].extra["callback"](props, None)
         runner.pump(runner.connected, timeout=3)
-        assert "connected" in runner.mod.script_properties().props["connection_info"].label
+        assert panel_line(runner).startswith("connected to ws://127.0.0.1")
     finally:
         host.close()
 
@@ -309,7 +322,7 @@ def test_wrong_token_is_reported_and_not_hammered(runner: Runner, link_server: R
     attempts = link_server.server._failures["127.0.0.1"][0]
     time.sleep(1.5)
     assert link_server.server._failures["127.0.0.1"][0] == attempts
-    assert "wrong token" in mod.script_description()
+    assert "wrong token" in panel_line(runner)
 
 
 def test_changing_the_token_reconnects_after_typing_stops(
@@ -584,3 +597,90 @@ def test_a_hostile_host_cannot_crash_the_script_or_garble_the_texts(
         runner.pump(lambda: "over" in mod.S.connection or "not reachable" in mod.S.connection)
     finally:
         host.close()
+
+
+# ---- the panel's connection line and buttons pressed while the link is down -------------
+
+
+def test_the_panel_connection_line_is_the_live_state(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    """OBS reads the description once, at load: the state lives in the Connection line,
+    which OBS draws from the script's settings each time it draws the panel."""
+    runner.settings.values["connection_info"] = "connected to ws://old-run"  # saved last time
+    mod = runner.load(host=link_server.url, token=LINK_TOKEN)
+    assert panel_line(runner) != "connected to ws://old-run"
+    runner.pump(runner.connected)
+    assert panel_line(runner) == f"connected to {link_server.url}/"
+    assert "connect" not in mod.script_description().lower()  # no frozen state there
+    port = link_server.port
+    link_server.close()
+    runner.pump(lambda: "not reachable" in panel_line(runner) or "stopped" in panel_line(runner))
+    host = RunningLink(port=port)
+    try:
+        runner.pump(lambda: panel_line(runner).startswith("connected to"), timeout=5)
+    finally:
+        host.close()
+    mod._set_connection("refused by the host: <a href='http://x'>click</a>", False)
+    assert "<" not in panel_line(runner) and ">" not in panel_line(runner)  # no rich text
+
+
+def press(runner: Runner, button: str) -> None:
+    assert runner.mod is not None
+    props = runner.mod.script_properties()
+    assert props.props[button].extra["callback"](props, props.props[button]) is True
+
+
+def host_down(runner: Runner, link_server: RunningLink) -> int:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(runner.connected)
+    port = link_server.port
+    link_server.close()
+    runner.pump(lambda: not runner.connected())
+    return port
+
+
+def test_a_button_pressed_while_the_host_is_down_is_sent_once_it_is_back(
+    runner: Runner, link_server: RunningLink, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = host_down(runner, link_server)
+    press(runner, "btn_next")
+    runner.pump(lambda: True)
+    assert "'next' waits for the host" in capsys.readouterr().out
+    host = RunningLink(port=port)
+    try:
+        assert host.next_message("action", timeout=5)["action"] == "next"
+        runner.pump(runner.connected)
+        time.sleep(0.5)
+        runner.pump(lambda: True)
+        assert warnings_of(runner.fake) == []
+    finally:
+        host.close()
+
+
+def test_approve_pressed_while_the_host_is_down_is_reported_not_sent_later(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    """After a reconnect another picture may be held: a late approve would show it."""
+    port = host_down(runner, link_server)
+    names = {name: cb for name, _, cb in runner.fake.hotkeys.values()}
+    names["chat_diffusion.approve"](True)
+    runner.pump(lambda: warnings_of(runner.fake))
+    assert "'approve' not connected to the host" in warnings_of(runner.fake)[0]
+    host = RunningLink(port=port)
+    try:
+        runner.pump(runner.connected, timeout=5)
+        press(runner, "btn_clear")  # sent after the approve would have been
+        assert host.next_message("action", timeout=5)["action"] == "clear"
+    finally:
+        host.close()
+
+
+def test_a_press_that_waits_too_long_for_the_host_is_reported(
+    runner: Runner, link_server: RunningLink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_down(runner, link_server)
+    monkeypatch.setattr(sys.modules["chat_diffusion_link"], "ACTION_GRACE", 1.0)
+    press(runner, "btn_prev")
+    runner.pump(lambda: warnings_of(runner.fake), timeout=4)
+    assert "'prev' not sent: no link to the host within 1 s" in warnings_of(runner.fake)[0]

@@ -11,110 +11,20 @@ real LinkServer. Reconnects are counted where a streamer sees them: the host's
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fixtures_obs import LINK_TOKEN, RunningLink
-from tests.obs_harness import STATUS, free_port, obs_missing, run_obs, wait_for
+from tests.link_probes import SYSTEM_PYTHON, HostProcess, Probe, require_system_python
+from tests.obs_harness import COLLECTION, STATUS, free_port, obs_missing, run_obs, wait_for
 from tests.requirements import require
 
-REPO = Path(__file__).resolve().parent.parent
-PROBE = REPO / "tests" / "link_client_probe.py"
-SYSTEM_PYTHON = "/usr/bin/python3"  # OBS on Linux runs scripts with it
 IDLE_SECONDS = 90.0  # the host pings every 20 s: the old client dropped every ~25 s
-OFFLINE_TEXT = "Chat Diffusion: waiting for the host"
-
-
-def websocket_version(python: str) -> str:
-    """websocket-client's version under `python`, or '' when it cannot import it."""
-    try:
-        out = subprocess.run(
-            [python, "-c", "import websocket; print(websocket.__version__)"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-    except OSError:
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
-def require_system_python() -> str:
-    version = websocket_version(SYSTEM_PYTHON)
-    require(
-        bool(version),
-        f"{SYSTEM_PYTHON} cannot import websocket (apt install python3-websocket; "
-        "install/install.py does it)",
-    )
-    return version
-
-
-class Probe:
-    """tests/link_client_probe.py (the script's LinkClient) in a child process."""
-
-    def __init__(self, python: str, url: str, folder: Path, token: str = LINK_TOKEN) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["XDG_DATA_HOME"] = str(folder / "xdg")  # never the user's own token file
-        self.proc = subprocess.Popen(
-            [python, str(PROBE), url, token, str(folder / "images")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
-        )  # fmt: skip
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.ready = self.wait(lambda e: e["type"] in ("ready", "error"), timeout=30)
-        assert self.ready["type"] == "ready", self.ready
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self.events.append(json.loads(line))
-
-    def find(self, match: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
-        with self._lock:
-            return [e for e in self.events if match(e)]
-
-    def wait(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> Any:
-        found = wait_for(lambda: self.find(match), timeout=timeout, what="a probe event")
-        return found[0]
-
-    def links(self) -> list[dict[str, Any]]:
-        """The client's connection status changes, in order."""
-        return self.find(lambda e: e["type"] == "link")
-
-    def connects(self) -> int:
-        return sum(1 for e in self.links() if e["connected"])
-
-    def press(self, action: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"action {action}\n")
-        self.proc.stdin.flush()
-
-    def close(self) -> str:
-        """Stop the client; returns its stderr (tracebacks would be there)."""
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
 
 
 @pytest.fixture
@@ -123,39 +33,6 @@ def probes() -> Iterator[list[Probe]]:
     yield started
     for probe in started:
         probe.close()
-
-
-HOST_CODE = """
-import sys, threading
-from tests.fixtures_obs import RunningLink
-host = RunningLink(port=int(sys.argv[1]))
-print("ready", flush=True)
-threading.Event().wait()
-"""
-
-
-class HostProcess:
-    """The host's real LinkServer in its own process, to kill -9 or freeze (SIGSTOP)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"ws://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", HOST_CODE, str(port)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.strip() == "ready", line
-
-    def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(10)
 
 
 # ---- idle: one link held, in every client OBS may use -------------------------------------
@@ -185,6 +62,9 @@ def test_an_idle_link_holds_without_a_reconnect(tmp_path: Path, probes: list[Pro
             log = obs.log()
             connects = host.connects
             links = [probe.links() for probe in probes]  # before the host stops
+        # OBS saved the script's settings on exit: the panel's Connection line was live
+        scenes = tmp_path / f"obs/home/.config/obs-studio/basic/scenes/{COLLECTION}.json"
+        saved = json.loads(scenes.read_text())["modules"]["scripts-tool"][0]["settings"]
     finally:
         host.close()
     versions = [p.ready["websocket"] for p in probes]
@@ -196,6 +76,7 @@ def test_an_idle_link_holds_without_a_reconnect(tmp_path: Path, probes: list[Pro
     assert connects == 3, f"the host saw {connects} links for 3 clients"
     assert texts == {"idle"}, f"the status text in OBS showed {texts}"
     assert log.count("[Chat Diffusion] connected to") == 1, log[-3000:]
+    assert saved.get("connection_info") == f"connected to {host.url}/", saved
 
 
 # ---- a host that dies or freezes is noticed within a few seconds --------------------------
@@ -237,4 +118,41 @@ def test_a_dead_host_is_noticed_within_a_few_seconds(
             for probe in probes:
                 wait_for(lambda: probe.connects() == 2, timeout=20, what="reconnect")  # noqa: B023
     finally:
+        host.close()
+
+
+# ---- the host's side of the keepalive ------------------------------------------------------
+
+
+def test_the_host_drops_a_frozen_script_and_keeps_a_quiet_one(
+    tmp_path: Path, probes: list[Probe], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's keepalive, sped up (20 s + 20 s in production): a frozen OBS (SIGSTOP)
+    is dropped, the quiet one beside it answers every ping and stays; the frozen one
+    thaws and comes back by itself."""
+    from generator_host.edges import link as host_link
+
+    require_system_python()
+    monkeypatch.setattr(host_link, "PING_INTERVAL", 0.5)
+    monkeypatch.setattr(host_link, "PING_TIMEOUT", 1.0)
+    host = RunningLink()
+    frozen: Probe | None = None
+    try:
+        probes.append(Probe(SYSTEM_PYTHON, host.url, tmp_path / "system"))
+        probes.append(Probe(sys.executable, host.url, tmp_path / "venv"))
+        for probe in probes:
+            probe.wait(lambda e: e["type"] == "link" and e["connected"], timeout=20)
+        frozen, quiet = probes
+        frozen.proc.send_signal(signal.SIGSTOP)
+        since = time.monotonic()
+        wait_for(lambda: host.server.client_count == 1, timeout=10, what="frozen one dropped")
+        print(f"\nFIGURES host dropped a frozen script after {time.monotonic() - since:.2f} s")
+        time.sleep(3.0)  # six more host pings for the quiet one
+        assert host.server.client_count == 1 and quiet.connects() == 1, quiet.links()
+        frozen.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: frozen.connects() == 2, timeout=20, what="the thawed one back")  # noqa: B023
+        assert host.connects == 3
+    finally:
+        if frozen is not None:
+            frozen.proc.send_signal(signal.SIGCONT)
         host.close()

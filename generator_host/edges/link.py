@@ -36,6 +36,12 @@ FREE_FAILURES = 3  # wrong tokens from one address before answers slow down
 MAX_PENALTY = 10.0  # seconds: the longest wait imposed before refusing a token
 FAILURE_MEMORY = 300.0  # seconds after which an address's failures are forgotten
 MAX_ERRORS_IN_A_ROW = 50  # malformed frames in a row before a client is cut off
+# Keepalive (docs/protocol.md, "Liveness"): websockets pings each script this often and
+# drops one whose pong is this late. The script answers at once (it reads whenever bytes
+# arrive) and pings the host every 2 s itself, which websockets answers: each side finds
+# a dead peer on its own, neither mistakes a quiet one for dead.
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0
 
 
 def load_or_create_token(path: Path) -> str:
@@ -110,8 +116,8 @@ class LinkServer:
             max_size=protocol.MAX_SCRIPT_FRAME,
             max_queue=16,
             write_limit=2**20,
-            ping_interval=20,
-            ping_timeout=20,
+            ping_interval=PING_INTERVAL,
+            ping_timeout=PING_TIMEOUT,
             close_timeout=2,
             server_header=None,
         )

@@ -509,8 +509,9 @@ class LinkClient:
             try:
                 ws.send(enc.text)
             except Exception:
-                with self._lock:  # what is left goes out on the next link
-                    self._outbox[:0] = [m for m in pending[i + 1 :] if m[1] is not self._sent]
+                with self._lock:  # what is left goes out on the next link (settings: anyway)
+                    left = [m for m in pending[i + 1 :] if m[1].get("type") != "settings"]
+                    self._outbox[:0] = left
                     if is_action:
                         self._unconfirmed.append((self._ping_seq + 1, msg))
                 raise
@@ -540,9 +541,11 @@ class LinkClient:
 
     def _confirmed(self, payload: Any) -> None:
         """A pong: every action sent before the ping it answers has reached the host."""
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
         try:
             seq = int(bytes(payload or b"").decode("ascii"))
-        except ValueError:
+        except (TypeError, ValueError):
             return  # not one of ours (a pong without a ping is allowed)
         with self._lock:
             self._unconfirmed = [(s, m) for s, m in self._unconfirmed if s > seq]

@@ -290,7 +290,8 @@ class LinkClient:
         name = msg.get("action", msg.get("type", "?"))
         if not self.connected:
             if msg.get("action") in NOT_REPLAYED:
-                self._undelivered(msg, "not connected to the host; press it again once connected")
+                why = "not sent: not connected to the host; press it again once connected"
+                self._undelivered(msg, why)
                 return False
             self._log(f"'{name}' waits for the host (not connected); it is sent once the "
                       f"link is back, if within {ACTION_GRACE:g} s")  # fmt: skip

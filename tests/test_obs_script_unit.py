@@ -669,7 +669,7 @@ def test_approve_pressed_while_the_host_is_down_is_reported_not_sent_later(
     names = {name: cb for name, _, cb in runner.fake.hotkeys.values()}
     names["chat_diffusion.approve"](True)
     runner.pump(lambda: warnings_of(runner.fake))
-    assert "'approve' not connected to the host" in warnings_of(runner.fake)[0]
+    assert "'approve' not sent: not connected to the host" in warnings_of(runner.fake)[0]
     host = RunningLink(port=port)
     try:
         runner.pump(runner.connected, timeout=5)

@@ -38,6 +38,22 @@ def default_list() -> Blocklist:
         "rule 34 art",
         "a Nüde",
         "ＮＵＤＥ",  # full-width letters
+        # invisible characters inside the word: chat shows "nude", the text does not say it
+        "nu\u00adde art",  # soft hyphen
+        "nu\u2063de art",  # invisible separator
+        "nu\u180ede art",  # Mongolian vowel separator
+        "nu\u200dde art",  # zero-width joiner
+        "nu\u200cde art",  # zero-width non-joiner
+        "nu\u200bde art",  # zero-width space
+        "nu\u2060de art",  # word joiner
+        "nu\ufeffde art",  # zero-width no-break space
+        "n\u00adu\u00add\u00ade art",
+        "nu\U000e0020de art",  # a tag character
+        "nu\ufe0fde art",  # variation selector
+        "nu\u034fde art",  # combining grapheme joiner
+        "nu\u3164de art",  # Hangul filler
+        "po\u00adrnographic poster",
+        "s\u200de\u200dx scene",
     ],
 )
 def test_default_list_blocks_disguised_words(default_list: Blocklist, prompt: str):
@@ -136,6 +152,31 @@ def test_forced_negative_prompt_is_always_added():
     mod = Moderator(ModerationSettings(forced_negative_prompt="nsfw, gore"), Blocklist())
     assert mod.negative_prompt("") == "nsfw, gore"
     assert mod.negative_prompt("blurry") == "blurry, nsfw, gore"
+
+
+def test_every_invisible_format_character_is_folded(default_list: Blocklist):
+    """Every Unicode format character (category Cf) inside a blocked word is folded."""
+    import sys
+    import unicodedata
+
+    format_chars = [
+        chr(i) for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)) == "Cf"
+    ]
+    assert len(format_chars) > 100
+    missed = [f"U+{ord(c):04X}" for c in format_chars if not default_list.match(f"nu{c}de art")]
+    assert missed == []
+
+
+def test_negative_prompt_parts_with_blocked_words_are_dropped():
+    mod = Moderator(ModerationSettings(forced_negative_prompt="gore"), load_blocklist("")[0])
+    assert mod.check_negative("blurry, nu\u00adde, text") == ("blurry, text", 1)
+    assert mod.negative_prompt("blurry, NSFW woman, text") == "blurry, text, gore"
+    assert mod.negative_prompt("n, u, d, e") == "gore"  # spread over commas: all dropped
+    assert mod.negative_prompt("p0rn") == "gore"
+    assert mod.check_negative("blurry, watermark") == ("blurry, watermark", 0)
+    # the streamer's forced negative prompt is theirs: it is never dropped
+    forced = Moderator(ModerationSettings(forced_negative_prompt="nude"), load_blocklist("")[0])
+    assert forced.negative_prompt("nude, blurry") == "blurry, nude"
 
 
 def test_cooldown_memory_stays_bounded():

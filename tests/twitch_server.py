@@ -110,6 +110,18 @@ class TwitchServer:
         """Send one raw line to every connected client."""
         self._call(self._broadcast([line]))
 
+    def send_bytes(self, data: bytes) -> None:
+        """Send raw bytes (no CR LF added) to every connected client: part of a line."""
+
+        async def _send() -> None:
+            for writer in list(self._writers.values()):
+                if not writer.is_closing():
+                    writer.write(data)
+                    with contextlib.suppress(ConnectionError):
+                        await writer.drain()
+
+        self._call(_send())
+
     def privmsg(
         self,
         login: str,

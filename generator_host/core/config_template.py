@@ -30,6 +30,9 @@ tls = true
 reconnect_max_seconds = 60.0
 # Replies waiting for the send limit; older ones are dropped past this.
 max_pending_sends = 30
+# Twitch Shared Chat (several channels' chats joined): false ignores commands from the
+# other channels' viewers; true obeys them too, with the roles they hold in YOUR channel.
+shared_chat_commands = false
 
 [model]
 # A diffusers model id (downloaded once, with a progress bar) or a local folder.

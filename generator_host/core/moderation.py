@@ -5,10 +5,16 @@ Pure: the blocklist is handed in (edges/blocklist.py reads the file). The show a
 kind coalesces refusals), so every rule a viewer can run into is in this one file.
 
 The blocklist matches whole words after normalising both the prompt and the list the
-same way: case folded, accents dropped, look-alike characters mapped (Cyrillic `а`, `0`,
-`@`, `$` ...), punctuation treated as space, and runs of single letters joined
-(`n u d e`, `n.u.d.e`). A line may be a word, a phrase, a word ending in `*` (prefix)
-or a `/regular expression/` that sees the normalised text.
+same way: case folded, invisible characters removed (every format character such as the
+soft hyphen or a zero-width joiner, combining marks such as accents and variation
+selectors, Hangul fillers), look-alike characters mapped (Cyrillic `а`, `0`, `@`, `$`
+...), punctuation treated as space, and runs of single letters joined (`n u d e`,
+`n.u.d.e`). A line may be a word, a phrase, a word ending in `*` (prefix) or a
+`/regular expression/` that sees the normalised text.
+
+The negative prompt (after `###`) is checked too: its comma-separated parts that contain
+a blocked word are dropped (`Moderator.negative_prompt`), so a blocked word never reaches
+the model's negative prompt nor any reply that repeats it.
 """
 
 from __future__ import annotations
@@ -35,12 +41,28 @@ _LOOKALIKE = str.maketrans(
 )  # fmt: skip
 _NON_WORD = re.compile(r"[^a-z0-9 ]+")
 _MAX_RUN = 40
+# Characters a chat client draws as nothing: format characters (Cf: soft hyphen U+00AD,
+# U+2063, U+180E, ZWJ/ZWNJ, tags ...), unassigned ones (Cn, drawn as nothing when
+# default-ignorable), combining marks (Mn/Me: accents after NFKD, variation selectors,
+# U+034F). Hangul fillers are letters (Lo) yet invisible; Unicode lists them among the
+# default-ignorable code points, which unicodedata does not expose.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cn", "Mn", "Me"})
+_HANGUL_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _visible(c: str) -> bool:
+    """False for a character that renders as nothing (see above); whitespace is kept, as
+    it separates words, and so is every other control character (read as a space)."""
+    if c in _HANGUL_FILLERS:
+        return False
+    return unicodedata.category(c) not in _INVISIBLE_CATEGORIES
 
 
 def normalize(text: str) -> str:
-    """Lower-case, accent-free, look-alikes mapped, punctuation as space, single spaces."""
+    """Lower-case, invisible characters and accents removed, look-alikes mapped,
+    punctuation as space, single spaces."""
     text = unicodedata.normalize("NFKD", text.casefold())
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = "".join(c for c in text if _visible(c))
     text = _NON_WORD.sub(" ", text.translate(_LOOKALIKE))
     return " ".join(text.split())
 
@@ -114,6 +136,17 @@ class Blocklist:
                     if tuple(words[i : i + len(phrase)]) == phrase:
                         return True
         return bool(self.pattern and self.pattern.search(norm))
+
+    def drop_blocked(self, text: str) -> tuple[str, int]:
+        """`text` without its comma-separated parts that contain a blocked word, and how
+        many parts were dropped. When the kept parts still match together (a word spread
+        over commas, `n, u, d, e`), nothing is kept."""
+        parts = [p.strip() for p in text.split(",")]
+        parts = [p for p in parts if p]
+        kept = [p for p in parts if not self.match(p)]
+        if kept and self.match(" ".join(kept)):
+            kept = []
+        return ", ".join(kept), len(parts) - len(kept)
 
 
 _MODE_WORDS = {
@@ -232,10 +265,19 @@ class Moderator:
             cutoff = now - self.settings.user_cooldown_seconds
             self._last_request = {k: t for k, t in self._last_request.items() if t > cutoff}
 
+    def check_negative(self, user_negative: str) -> tuple[str, int]:
+        """The viewer's negative prompt with every part holding a blocked word dropped, and
+        how many parts were dropped. Dropping rather than refusing: a blocked word in a
+        negative prompt asks the model to avoid it, so the request itself is fine; only
+        the word must never reach the model or a reply (`!prompt`) that repeats it."""
+        return self.blocklist.drop_blocked(user_negative)
+
     def negative_prompt(self, user_negative: str) -> str:
-        """The viewer's negative prompt with the streamer's forced one appended."""
+        """The viewer's negative prompt (blocked parts dropped, see `check_negative`) with
+        the streamer's forced one appended."""
+        kept, _ = self.check_negative(user_negative)
         forced = self.settings.forced_negative_prompt.strip()
-        parts = [p for p in (user_negative.strip(), forced) if p]
+        parts = [p for p in (kept, forced) if p]
         return ", ".join(parts)
 
     def snapshot(self) -> dict[str, object]:

@@ -75,6 +75,9 @@ class TwitchSettings:
     send_window: float = 30.0
     reconnect_max_seconds: float = 60.0  # backoff after a drop doubles up to this
     max_pending_sends: int = 30  # replies waiting for the send limit; older ones are dropped
+    # Twitch Shared Chat: obey commands from the partner channels' viewers too (their
+    # roles are the ones they hold in THIS channel; the other channel's badges never count)
+    shared_chat_commands: bool = False
 
     def send_limit_for(self, elevated: bool) -> int:
         """Messages the bot may send per `send_window`: `send_limit` when set, else Twitch's

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import ssl
@@ -136,6 +137,8 @@ class TwitchAdapter:
         self.settings = settings
         self.channel = settings.channel.lower().lstrip("#")
         self.login = (settings.login or self.channel).lower()
+        # Whose lines count; the room id comes with the channel's ROOMSTATE after JOIN.
+        self.room = ircparse.Room(self.channel, shared_chat=settings.shared_chat_commands)
         self._ssl = ssl_context
         self.backoff_base = backoff_base
         self.stable_seconds = stable_seconds
@@ -311,6 +314,10 @@ class TwitchAdapter:
             return True
         elif cmd == "USERSTATE":
             self._userstate(line, on_event)
+        elif cmd == "ROOMSTATE":
+            room_id = line.tags.get("room-id", "")
+            if room_id and not self.room.room_id and self.room.holds(line):
+                self.room = dataclasses.replace(self.room, room_id=room_id)
         elif cmd == "NOTICE" and any(f in line.trailing.lower() for f in LOGIN_FAILURES):
             raise LoginFailed(
                 f"Twitch refused the login for {self.login!r}: {line.trailing!r}. "
@@ -359,7 +366,7 @@ class TwitchAdapter:
     def _deliver(self, line: ircparse.Line, on_event: Callable[[ChatEvent], None]) -> None:
         """Pass a chat line on as an event, once per `id` tag (the same line may come on
         both connections during a handover)."""
-        event = ircparse.to_event(line, self.clock())
+        event = ircparse.to_event(line, self.clock(), self.room)
         if event is None:
             return
         msg_id = line.tags.get("id", "")
@@ -449,8 +456,12 @@ class TwitchAdapter:
             conn.writer.close()
 
     async def _lines(self, conn: _Connection, deadline: float) -> AsyncIterator[ircparse.Line]:
-        """Complete lines as they arrive (split across reads or many per read)."""
+        """Complete lines as they arrive (split across reads or many per read).
+
+        A line longer than `_MAX_LINE` is discarded whole, up to its line end: its tail
+        must never be read as a line of its own (it could hold a PRIVMSG)."""
         buffer = b""
+        overlong = False  # inside a too-long line: skip up to the next line end
         pinged = False
         while not self._closing:
             timeout = self.idle_timeout if conn.logged_in else max(0.1, deadline - self.clock())
@@ -469,9 +480,16 @@ class TwitchAdapter:
             pinged = False
             buffer += data
             *complete, buffer = buffer.split(b"\n")
-            if len(buffer) > _MAX_LINE:
-                buffer = b""  # a runaway line: drop it rather than grow without end
+            if overlong and complete:  # the too-long line ends here
+                complete = complete[1:]
+                overlong = False
+            if len(buffer) > _MAX_LINE:  # a runaway line: drop it, and its tail when it comes
+                buffer = b""
+                overlong = True
             for raw in complete:
+                if len(raw) > _MAX_LINE:
+                    log.warning("dropped a chat line of %d bytes (over %d)", len(raw), _MAX_LINE)
+                    continue
                 line = ircparse.parse_line(raw.decode("utf-8", errors="replace"))
                 if line is not None:
                     yield line

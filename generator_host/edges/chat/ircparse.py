@@ -3,7 +3,13 @@
 In: `parse_line` splits `@tags :prefix COMMAND params :trailing` and unescapes IRCv3 tag
 values (`\\s` space, `\\:` semicolon, `\\\\` backslash, `\\r`, `\\n`); `to_event` turns a
 PRIVMSG / CLEARMSG / CLEARCHAT into the show's chat events with the viewer's role read
-from tags and badges.
+from tags and badges. Only the joined channel's lines count (`Room`: channel name and,
+once ROOMSTATE told it, room id). A message sent with Twitch's Reply button loses the
+`@parent ` mention Twitch puts in front, so `@bot !queue` is the command `!queue`.
+Twitch Shared Chat mirrors the partner channels' messages into ours with a
+`source-room-id` of their own: they are dropped unless `Room.shared_chat`, and even then
+roles come from `badges` (the viewer's badges in OUR channel), never `source-badges`
+(their badges in the channel they wrote in).
 Out: `build_privmsg` is the only way a chat message leaves the bot. It removes CR, LF
 and every other control character (so a prompt can never smuggle an extra IRC line),
 caps the text at 500 characters and threads replies with `reply-parent-msg-id`.
@@ -100,6 +106,30 @@ def parse_line(raw: str) -> Line | None:
     return Line(command=words[0].upper(), params=params, tags=tags, prefix=prefix)
 
 
+@dataclass(frozen=True)
+class Room:
+    """The chat the bot joined: lines for any other channel or room are not ours."""
+
+    channel: str  # login, without '#'
+    room_id: str = ""  # the channel's user id, from its ROOMSTATE; "" until then
+    shared_chat: bool = False  # obey viewers of partner channels in a Shared Chat session
+
+    def holds(self, line: Line) -> bool:
+        """True when `line` was said in this channel's chat (not another one's)."""
+        target = line.params[0].lower().lstrip("#") if line.params else ""
+        if target != self.channel:
+            return False
+        room_id = line.tags.get("room-id", "")
+        return not (self.room_id and room_id and room_id != self.room_id)
+
+    def is_partner(self, line: Line) -> bool:
+        """A Shared Chat message mirrored from a partner channel (its `source-room-id` is
+        not ours; Twitch sets it to our own id for our own viewers during a session)."""
+        source = line.tags.get("source-room-id", "")
+        ours = self.room_id or line.tags.get("room-id", "")
+        return bool(source) and source != ours
+
+
 def role_from_tags(tags: dict[str, str]) -> Role:
     """Highest role from `badges` (broadcaster, moderator, vip, subscriber/founder) and flags."""
     badges = {b.partition("/")[0] for b in tags.get("badges", "").split(",") if b}
@@ -114,21 +144,58 @@ def role_from_tags(tags: dict[str, str]) -> Role:
     return Role.EVERYONE
 
 
-def viewer_from(line: Line) -> Viewer:
+def viewer_from(line: Line, partner: bool = False) -> Viewer:
+    """The speaker. For a partner channel's message (`partner`) only the `badges` tag
+    counts (our channel's badges; never `source-badges` nor the mod/subscriber/vip flags),
+    and a broadcaster badge only for our broadcaster (user id = room id)."""
     login = line.nick.lower()
+    tags = line.tags
+    user_id = tags.get("user-id", "")
+    if partner:
+        badges = [b for b in tags.get("badges", "").split(",") if b]
+        if user_id != tags.get("room-id", "") or not user_id:
+            badges = [b for b in badges if b.partition("/")[0] != "broadcaster"]
+        tags = {"badges": ",".join(badges)}
     return Viewer(
         login=login,
         display_name=line.tags.get("display-name", "") or login,
-        user_id=line.tags.get("user-id", ""),
-        role=role_from_tags(line.tags),
+        user_id=user_id,
+        role=role_from_tags(tags),
     )
 
 
-def to_event(line: Line, now: float) -> ChatEvent | None:
-    """The show's event for a chat line, or None for everything the show does not need."""
+def without_reply_mention(text: str, tags: dict[str, str]) -> str:
+    """The text without the `@ParentName ` Twitch's Reply button puts in front, when the
+    reply-parent tags say it is a reply and the mention names that parent (login or
+    display name); any other text is left as it is."""
+    if not tags.get("reply-parent-msg-id"):
+        return text
+    parent = {
+        tags.get("reply-parent-user-login", "").lower(),
+        tags.get("reply-parent-display-name", "").lower(),
+    } - {""}
+    head, _, rest = text.lstrip(" ").partition(" ")
+    if head.startswith("@") and head[1:].lower() in parent:
+        return rest.lstrip(" ")
+    return text
+
+
+def to_event(line: Line, now: float, room: Room | None = None) -> ChatEvent | None:
+    """The show's event for a chat line, or None for everything the show does not need
+    (and, with `room`, for lines of another channel or of a Shared Chat partner's viewers
+    unless `room.shared_chat`)."""
+    chat = line.command in ("PRIVMSG", "CLEARMSG", "CLEARCHAT")
+    if chat and room is not None and not room.holds(line):
+        return None
     if line.command == "PRIVMSG" and len(line.params) >= 2:
+        partner = room is not None and room.is_partner(line)
+        if partner and not room.shared_chat:
+            return None
         return ChatMessage(
-            viewer=viewer_from(line), text=line.trailing, msg_id=line.tags.get("id", ""), now=now
+            viewer=viewer_from(line, partner),
+            text=without_reply_mention(line.trailing, line.tags),
+            msg_id=line.tags.get("id", ""),
+            now=now,
         )
     if line.command == "CLEARMSG":
         msg_id = line.tags.get("target-msg-id", "")

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import os
 import secrets
 import signal
+import socket
+import ssl
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +37,7 @@ from generator_host import exit_codes
 from generator_host.core import events as ev
 from generator_host.core.generation import Entry, GenerationRequest
 from generator_host.core.message import ChatEvent
-from generator_host.core.settings import Settings
+from generator_host.core.settings import LinkSettings, Settings
 from generator_host.core.show import Show
 from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat.irc import LoginFailed
@@ -324,6 +329,7 @@ class Host:
         if effect.entry_id is None:
             self.on_screen = None
             await self._broadcast(protocol.make_clear())
+            self._tell_terminal("screen", None)
             return
         entry = await loop.run_in_executor(None, self.gallery.get, effect.entry_id)
         png = await loop.run_in_executor(
@@ -342,12 +348,21 @@ class Host:
         )
         self.on_screen = frame
         await self._broadcast(frame)
+        self._tell_terminal("screen", entry, effect.held, effect.blurred)
 
     async def _status(self, status: ev.Status) -> None:
         self.status_frame = protocol.make_status(
             status.text, step=status.step, total=status.total, queue=status.queue
         )
         await self._broadcast(self.status_frame)
+        self._tell_terminal("status", status.text)
+
+    def _tell_terminal(self, what: str, *args: Any) -> None:
+        """The demo's terminal stands in for OBS too: a chat adapter with a `screen` or
+        `status` method (the console) is told what OBS shows; Twitch's is not."""
+        show = getattr(self.chat, what, None)
+        if show is not None:
+            show(*args)
 
     async def _broadcast(self, frame: dict[str, Any]) -> None:
         if self.link is not None:
@@ -374,7 +389,11 @@ class Host:
         self.link = LinkServer(
             self.settings.link, self.link_token, self.on_link_message, self.initial_state
         )
-        await self.link.start()
+        try:
+            await self.link.start()
+        except OSError as exc:  # port taken, bad TLS files: the streamer fixes a setting
+            self.worker.shutdown(wait=False)
+            raise StartupError(_link_problem(self.settings.link, exc)) from None
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stopped.set)
@@ -428,38 +447,131 @@ def _exit_code_for(exc: BaseException) -> int:
     return exit_codes.EXIT_ENGINE
 
 
-def _load_engine(settings: Settings) -> Any:
+class StartupError(Exception):
+    """A start-up failure the streamer fixes with a setting or flag; the message is one
+    line that names it. `_serve` prints it (no traceback) and exits non-zero."""
+
+
+def _port_taken(link: LinkSettings) -> str:
+    return (
+        f"port {link.port} on {link.host} is already in use (another generator-host, or "
+        "another program); choose a free port with --link-port N or [link] port in the config"
+    )
+
+
+def _tls_problem(link: LinkSettings, exc: OSError) -> str:
+    return (
+        f"cannot use the OBS link's TLS certificate {link.tls_cert!r} / key {link.tls_key!r} "
+        f"({exc.strerror or exc}); fix [link] tls_cert and tls_key in the config"
+    )
+
+
+def _link_problem(link: LinkSettings, exc: OSError) -> str:
+    """One line for an OSError from opening the OBS link's socket."""
+    if exc.errno == errno.EADDRINUSE:
+        return _port_taken(link)
+    if link.tls_cert and (isinstance(exc, ssl.SSLError) or exc.filename):
+        return _tls_problem(link, exc)
+    return (
+        f"cannot listen for OBS on {link.host}:{link.port} ({exc.strerror or exc}); "
+        "check [link] host and --link-port (or [link] port) in the config"
+    )
+
+
+def _check_port(link: LinkSettings) -> None:
+    """Fail at once, before the slow model load, when the OBS link's port is taken.
+    (The link server's own bind is checked again when it starts: this is only early.)"""
+    if not link.port:
+        return
+    try:
+        infos = socket.getaddrinfo(link.host, link.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise StartupError(_link_problem(link, exc)) from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            if os.name == "posix":  # as asyncio's server does: TIME_WAIT is no conflict
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartupError(_link_problem(link, exc)) from None
+
+
+def _check_folder(folder: Path, fix: str) -> None:
+    """The folder exists (created if needed) and takes a new file; else a StartupError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise StartupError(f"cannot write to {folder} ({exc.strerror or exc}); {fix}") from None
+
+
+def _preflight(settings: Settings, home: Path) -> None:
+    """The quick checks before anything slow: folders writable, the link's port free."""
+    _check_folder(home, "choose another folder with --data-dir PATH")
+    if settings.gallery.folder:
+        _check_folder(
+            Path(settings.gallery.folder).expanduser(), "fix [gallery] folder in the config"
+        )
+    _check_port(settings.link)
+    if settings.link.tls_cert:
+        from generator_host.edges.link import _ssl_context
+
+        try:
+            _ssl_context(settings.link)
+        except OSError as exc:  # ssl.SSLError and a missing file are both OSErrors
+            raise StartupError(_tls_problem(settings.link, exc)) from None
+
+
+def _load_engine(settings: Settings, fix: str) -> Any:
     from generator_host.engine.pipeline import Engine, EngineError
 
     engine = Engine(settings.model, settings.safety)
     try:
         engine.load()
     except EngineError as exc:
-        print(f"Cannot load the model: {exc}", file=sys.stderr)
+        print(f"Cannot load the model: {exc}; {fix}", file=sys.stderr)
         return None
     return engine
 
 
-def _prepare(settings: Settings, home: Path, token_dir: Path) -> tuple[Any, Any, str]:
+def _prepare(
+    settings: Settings, home: Path, token_dir: Path, model_fix: str, started: float
+) -> tuple[Any, Any, str]:
     from generator_host.edges.gallery import Gallery
     from generator_host.edges.link import load_or_create_token
 
-    home.mkdir(parents=True, exist_ok=True)
     gallery = Gallery.from_settings(settings.gallery, home / "gallery")
     gallery_dir = gallery.folder
     token_path = token_dir / "link-token"
-    token = settings.link.token or load_or_create_token(token_path)
+    try:
+        token = settings.link.token or load_or_create_token(token_path)
+    except OSError as exc:
+        fix = "choose another folder with --data-dir PATH"
+        raise StartupError(f"cannot write {token_path} ({exc.strerror or exc}); {fix}") from None
     print(f"Gallery folder: {gallery_dir}")
     if settings.link.token:
         print("OBS link token: from the config file (give it to the OBS script)")
     else:
         print(f"OBS link token file: {token_path} (the OBS script on this computer reads it)")
-    engine = _load_engine(settings)
+    engine = _load_engine(settings, model_fix)
+    if engine is not None:
+        print(f"Model ready in {time.monotonic() - started:.1f} s.", flush=True)
     return engine, gallery, token
 
 
-def _serve(settings: Settings, home: Path, token_dir: Path, chat: ChatAdapter) -> int:
-    engine, gallery, token = _prepare(settings, home, token_dir)
+def _serve(
+    settings: Settings,
+    home: Path,
+    token_dir: Path,
+    chat: ChatAdapter,
+    *,
+    model_fix: str,
+    started: float,
+    on_ready: Callable[[], None] | None = None,
+) -> int:
+    engine, gallery, token = _prepare(settings, home, token_dir, model_fix, started)
     if engine is None:
         return exit_codes.EXIT_ENGINE
 
@@ -473,6 +585,8 @@ def _serve(settings: Settings, home: Path, token_dir: Path, chat: ChatAdapter) -
                 f"{settings.link.host}:{h.link.port})",
                 flush=True,
             )
+            if on_ready is not None:
+                on_ready()
             print("Ready.", flush=True)
 
         return await host.run(on_ready=ready)
@@ -483,29 +597,73 @@ def _serve(settings: Settings, home: Path, token_dir: Path, chat: ChatAdapter) -
         return 0
 
 
+def _startup(run: Callable[[], int]) -> int:
+    """Run a host; a StartupError becomes its one line on stderr and a non-zero exit."""
+    try:
+        return run()
+    except StartupError as exc:
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return exit_codes.EXIT_USAGE
+
+
 def run_demo(settings: Settings, home: Path) -> int:
     """The demo: tiny built-in model, the terminal as the broadcaster's chat."""
+    return _startup(lambda: _run_demo(settings, home))
+
+
+def _run_demo(settings: Settings, home: Path) -> int:
     from generator_host.edges.chat.console import ConsoleAdapter
     from generator_host.engine.tiny_model import build_tiny_model, default_tiny_model_dir
 
     folder = default_tiny_model_dir()
     print(f"Chat Diffusion demo. Tiny random-weight model (builds once): {folder}", flush=True)
+    _preflight(settings, home)
     started = time.monotonic()
-    build_tiny_model(folder)
-    print(f"Model ready in {time.monotonic() - started:.1f} s.", flush=True)
+    try:
+        build_tiny_model(folder)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot build the demo model in {folder} ({exc.strerror or exc}); "
+            "free some disk space there or point XDG_CACHE_HOME at a writable folder"
+        ) from None
     settings.model.model = str(folder)
     settings.model.device = "cpu"
     settings.moderation.user_cooldown_seconds = 0.0
-    print(
-        "Type chat commands as the broadcaster, e.g.  !generate a red fox   (!help lists all; "
-        "Ctrl-C quits).",
-        flush=True,
+
+    def hint() -> None:
+        print(
+            "Type chat commands as the broadcaster, e.g.  !generate a red fox   "
+            "(!help lists all; Ctrl-C quits).",
+            flush=True,
+        )
+
+    return _serve(
+        settings,
+        home,
+        home.parent,
+        ConsoleAdapter(),
+        model_fix=f"delete {folder} and start the demo again to rebuild it",
+        started=started,
+        on_ready=hint,
     )
-    return _serve(settings, home, home.parent, ConsoleAdapter())
 
 
-def run_twitch(settings: Settings, home: Path) -> int:
+def run_twitch(settings: Settings, home: Path, config_path: Path | None = None) -> int:
+    return _startup(lambda: _run_twitch(settings, home, config_path))
+
+
+def _run_twitch(settings: Settings, home: Path, config_path: Path | None) -> int:
     from generator_host.edges.chat.irc import TwitchAdapter
 
     print(f"Joining #{settings.twitch.channel} on {settings.twitch.host}:{settings.twitch.port}")
-    return _serve(settings, home, home, TwitchAdapter(settings.twitch))
+    _preflight(settings, home)
+    where = f" in {config_path}" if config_path is not None else ""
+    fix = f"set [model] model{where} to a model id or a folder with a diffusers model"
+    return _serve(
+        settings,
+        home,
+        home,
+        TwitchAdapter(settings.twitch),
+        model_fix=fix,
+        started=time.monotonic(),
+    )

@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from generator_host.app import run_twitch
 
-    return run_twitch(settings, home)
+    return run_twitch(settings, home, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,9 @@ def test_demo_types_a_command_and_the_picture_reaches_obs_and_the_gallery(
         assert shown["image"].startswith(b"\x89PNG")
         ws.close()
 
+        # the terminal shows what the accepted command did, even without OBS
+        wait_for(lines, r"^\[status\] generating for @streamer", 30)
+        wait_for(lines, r"^\[screen\] picture \d+ by @streamer: a red fox$", 30)
         proc.stdin.write("!params\n")
         proc.stdin.flush()
         wait_for(lines, r"\[bot\].*seed \d+", 30)
@@ -114,6 +117,10 @@ def test_demo_types_a_command_and_the_picture_reaches_obs_and_the_gallery(
         assert "a red fox" in img.info["parameters"]
         assert "Seed: " in img.info["parameters"]
     assert any("Gallery folder:" in line for line in lines), "the demo says where files go"
+    # "Model ready" comes when it is: after the pipeline was loaded (and warmed up)
+    loaded = next(i for i, line in enumerate(lines) if "model tiny-sd loaded" in line)
+    ready = next(i for i, line in enumerate(lines) if line.startswith("Model ready in"))
+    assert ready > loaded, "\n".join(lines)
 
 
 def test_demo_second_start_is_quick(tmp_path: Path, demo_cache: Path) -> None:

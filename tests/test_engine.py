@@ -104,13 +104,16 @@ def test_a_grid_has_one_seed_per_image_and_same_seed_gives_same_bytes(tiny_engin
     assert first.used_params.steps == 2
 
 
-def test_progress_counts_the_schedulers_real_timesteps(tiny_engine: Engine) -> None:
+def test_progress_counts_the_steps_the_viewer_asked_for(tiny_engine: Engine) -> None:
+    """A 25-step request reads "25/25" at the end, never "26/26", though PNDM (the SD 1.x
+    scheduler) runs one more UNet call than the steps asked for."""
     seen: list[tuple[int, int]] = []
-    tiny_engine.generate(GenerationParams("x", steps=2), on_step=lambda s, n: seen.append((s, n)))
-    # PNDM runs one more UNet call than the steps asked for: count what really runs.
-    total = len(tiny_engine.pipe.scheduler.timesteps)
-    assert total == 3
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+    tiny_engine.generate(GenerationParams("x", steps=25), on_step=lambda s, n: seen.append((s, n)))
+    assert len(tiny_engine.pipe.scheduler.timesteps) == 26
+    assert {total for _, total in seen} == {25}
+    steps = [step for step, _ in seen]
+    assert steps[0] == 1 and steps[-1] == 25
+    assert steps == sorted(steps) and set(steps) == set(range(1, 26))
 
 
 def test_cancelling_mid_generation_stops_it_and_the_engine_stays_usable(

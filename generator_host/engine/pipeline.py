@@ -644,9 +644,13 @@ class Engine:
                 pipe_._interrupt = True
                 raise Cancelled()
             if on_step is not None:
-                total = len(pipe_.scheduler.timesteps)
+                # Counted in the steps the viewer asked for: a scheduler may run more
+                # timesteps than that (PNDM 26 for 25, Heun 49 for 25), so the pipeline's
+                # timestep i maps proportionally onto steps 1..p.steps.
+                runs = max(1, len(pipe_.scheduler.timesteps))
+                step = max(1, min(p.steps, round((i + 1) * p.steps / runs)))
                 try:
-                    on_step(i + 1, total)
+                    on_step(step, p.steps)
                 except Exception:  # noqa: BLE001 - a progress listener must not kill a request
                     log.exception("progress callback failed")
             return kwargs

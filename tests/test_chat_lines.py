@@ -16,9 +16,9 @@ from collections.abc import Callable
 from generator_host.core.message import ChatMessage, Role
 from generator_host.core.settings import Settings, TwitchSettings
 from generator_host.core.show import Reply, Show
+from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat.irc import TwitchAdapter
 from tests.fixtures_twitch import until
-from tests.reliability_helpers import privmsg_text
 from tests.twitch_server import HOST, TwitchServer, escape
 
 ROOM_ID = "1"  # the test server's room id for #streamer (its ROOMSTATE says so)
@@ -34,7 +34,7 @@ def _chat(
 ) -> tuple[list[ChatMessage], list[str]]:
     """Run the bot with a show behind it, play `script` on the server, and return the chat
     messages the show received and the texts the bot said in chat."""
-    show = Show(Settings(twitch=twitch), rng_seed=1)
+    show = Show(Settings(twitch=twitch), rng_seed=1, blocklist=load_blocklist("")[0])
     events: list[ChatMessage] = []
 
     async def main() -> None:
@@ -58,7 +58,7 @@ def _chat(
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
-    said = [privmsg_text(s.line) for s in server.sent("PRIVMSG")]
+    said = [s.line.partition("PRIVMSG ")[2].partition(" :")[2] for s in server.sent("PRIVMSG")]
     return events, said
 
 
@@ -257,7 +257,7 @@ def test_a_blocked_negative_prompt_never_comes_back_in_chat(
 ):
     """`!generate a cat ### blurry, nsfw` is accepted without the blocked part, so the
     image's negative prompt holds no blocked word for any reply to repeat."""
-    show = Show(Settings(twitch=twitch_settings), rng_seed=1)
+    show = Show(Settings(twitch=twitch_settings), rng_seed=1, blocklist=load_blocklist("")[0])
 
     async def main() -> list[str]:
         adapter = TwitchAdapter(twitch_settings)

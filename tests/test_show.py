@@ -1117,7 +1117,9 @@ def test_prompt_never_echoes_a_blocked_word_in_the_negative_prompt():
     finish(show, now=1, entry_id=1)
     (answer,) = replies(chat(show, "m", "!prompt", Role.MODERATOR, now=2))
     assert "nude" not in answer.lower() and "lowres" not in answer
-    assert answer == "@Ann: a calm lake ### (hidden: it contains a blocked word)"
+    # the blocked part was dropped from the negative prompt before it reached the model
+    # (moderation.check_negative), so what is left is repeated as it is
+    assert answer == "@Ann: a calm lake ### blurry"
     chat(show, "bob", "!generate a hill ### fog")
     finish(show, now=3, entry_id=2)
     assert replies(chat(show, "m", "!prompt", Role.MODERATOR, now=4)) == ["@Bob: a hill ### fog"]

@@ -23,6 +23,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 __all__ = [
     "tiny_model_dir",
+    "tiny_vae_dir",
     "tiny_engine",
     "tiny_settings",
     "make_tiny_engine",
@@ -73,8 +74,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A tiny AutoencoderTiny folder that decodes the tiny model's latents (for vae = tiny)."""
+    from generator_host.engine.tiny_model import build_tiny_vae
+
+    return build_tiny_vae(tmp_path_factory.getbasetemp() / "tiny-taesd")
+
+
 def tiny_settings(folder: Path, **model_overrides: Any) -> tuple[Any, Any]:
-    """ModelSettings/SafetySettings for the tiny model: 2 steps, 64x64, no warm-up."""
+    """ModelSettings/SafetySettings for the tiny model: 2 steps, 64x64, no warm-up, one
+    CPU thread (see tiny_model_dir)."""
     from generator_host.core.settings import ModelSettings, SafetySettings
 
     values: dict[str, Any] = {
@@ -83,6 +93,7 @@ def tiny_settings(folder: Path, **model_overrides: Any) -> tuple[Any, Any]:
         "steps": 2,
         "guidance": 0.0,
         "warmup": False,
+        "cpu_threads": 1,
     }
     values.update(model_overrides)
     safety = SafetySettings(checker=str(folder))

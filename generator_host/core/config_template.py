@@ -41,8 +41,16 @@ model = "stabilityai/sd-turbo"
 family = "auto"
 # auto | cuda | mps | cpu
 device = "auto"
-# auto (float16 on CUDA, float32 elsewhere) | float16 | bfloat16 | float32
+# auto | float16 | bfloat16 | float32. auto: float16 on CUDA; on the CPU bfloat16 for each
+# part the first warm-up measures faster (remembered per machine and model), else float32.
 dtype = "auto"
+# The VAE decoder: auto (tiny on CPU and Apple MPS, full on CUDA) | full | tiny.
+# The tiny decoder (TAESD, ~10 MB, downloaded once) is many times faster at stream quality.
+vae = "auto"
+tiny_vae = "madebyollin/taesd"
+tiny_vae_xl = "madebyollin/taesdxl"
+# torch's CPU threads; 0: one per physical core.
+cpu_threads = 0
 # 0 / -1 mean: the model family's default (Turbo: 1 step, guidance 0; SD 1.5: 25, 7).
 steps = 0
 guidance = -1.0

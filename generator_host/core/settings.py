@@ -29,6 +29,7 @@ MODES = ("everyone", "subscribers", "moderators")
 ROLES = ("everyone", "subscriber", "vip", "moderator", "broadcaster")
 FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+VAE_CHOICES = ("auto", "full", "tiny")
 
 
 def _macos_support_dir() -> Path | None:
@@ -93,7 +94,11 @@ class ModelSettings:
     model: str = "stabilityai/sd-turbo"  # hub id or local folder
     family: str = "auto"  # auto | sd | turbo | sdxl | sdxl-turbo: picks default steps/guidance
     device: str = "auto"  # auto | cuda | mps | cpu
-    dtype: str = "auto"  # auto (fp16 on CUDA, fp32 elsewhere) | float16 | bfloat16 | float32
+    dtype: str = "auto"  # auto (CUDA fp16; CPU bf16 per part where measured faster) | float16 | ...
+    vae: str = "auto"  # auto (tiny on CPU and MPS, full on CUDA) | full | tiny: the decoder
+    tiny_vae: str = "madebyollin/taesd"  # the tiny decoder for SD 1.x/2.x and Turbo (id/folder)
+    tiny_vae_xl: str = "madebyollin/taesdxl"  # ... for SDXL and SDXL-Turbo
+    cpu_threads: int = 0  # torch's CPU threads; 0: one per physical core
     attention_slicing: bool = False
     cpu_offload: bool = False
     warmup: bool = True
@@ -216,6 +221,8 @@ def _validate(settings: Settings) -> list[str]:
         ("moderation", "max_prompt_length", lambda v: 1 <= v <= 2000, "between 1 and 2000"),
         ("model", "family", lambda v: v in FAMILIES, f"one of {FAMILIES}"),
         ("model", "dtype", lambda v: v in DTYPES, f"one of {DTYPES}"),
+        ("model", "vae", lambda v: v in VAE_CHOICES, f"one of {VAE_CHOICES}"),
+        ("model", "cpu_threads", lambda v: 0 <= v <= 1024, "0 (physical cores) to 1024"),
         ("model", "max_size", lambda v: 64 <= v <= 4096, "between 64 and 4096"),
         ("model", "max_images", lambda v: 1 <= v <= 16, "between 1 and 16"),
         ("model", "max_guidance", lambda v: 0 <= v <= 50, "between 0 and 50"),

@@ -315,6 +315,10 @@ class Gallery:
                 "approval_mode": mode,
                 "checked": checked,
             },
+            # how the picture was made: which decoder and number format (issue 16)
+            "decoder": result.extra.get("decoder", "full"),
+            "decoder_source": result.extra.get("decoder_source", ""),
+            "precision": result.extra.get("dtype"),
         }
         info.add_itxt(METADATA_KEY, json.dumps(meta))
         buf = io.BytesIO()

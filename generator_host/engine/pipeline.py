@@ -26,6 +26,8 @@ from generator_host.core.generation import (
     Requester,
 )
 from generator_host.core.settings import ModelSettings, SafetySettings, cache_dir
+from generator_host.engine import memory, precision, threads
+from generator_host.engine import vae as decoders
 from generator_host.engine.categories import CategoryError, load_categories
 from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
 
@@ -187,6 +189,9 @@ class Engine:
         self.model_name = ""
         self.native_size = 512
         self.sampler = ""
+        self.decoder = decoders.FULL
+        self.precision: precision.Plan | None = None
+        self._precision_ids: tuple[str, str] | None = None  # (machine, model): to measure
         self._per_image: dict[tuple[Any, int], float] = {}  # (settings, batch) -> s/image
         self._calls = 0
         self.category_cache_dir = cache_dir() / "category-embeddings"
@@ -230,6 +235,11 @@ class Engine:
             self.safety.checker = None
             self.safety.enabled = False
 
+        try:
+            self.decoder = decoders.choose(pipe, settings, self.family, self.device, self.dtype)
+        except decoders.VaeError as exc:
+            raise EngineError(str(exc)) from exc
+
         if settings.cpu_offload and self.device == "cuda":
             pipe.enable_model_cpu_offload()
         else:
@@ -242,13 +252,18 @@ class Engine:
             pipe.enable_attention_slicing()
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
+        if self.device == "cpu":
+            threads.set_cpu_threads(settings.cpu_threads)
+        self._plan_precision()
+        assert self.precision is not None
         log.info(
-            "model %s loaded (%s, %s on %s, %s), defaults %s",
+            "model %s loaded (%s, %s on %s, %s, %s), defaults %s",
             self.model_name,
             type(pipe).__name__,
             self.family,
             self.device,
-            str(self.dtype).removeprefix("torch."),
+            self.precision.describe(),
+            self.decoder.describe(),
             self.defaults(),
         )
         if settings.warmup:
@@ -305,18 +320,22 @@ class Engine:
             )
 
     def _attach_checker(self, checker: Any, extractor: Any, folder: str | None) -> None:
+        import torch
+
         checker_from = folder  # where the checker came from: categories may keep a text tower there
+        # float32 off CUDA, whatever [model] dtype says: verdicts as stock diffusers'.
+        dtype = self.dtype if self.device == "cuda" else torch.float32
         if checker is None or extractor is None:
             checker_from = self.safety_settings.checker
             source = self.safety_settings.checker
             log.info("the model has no safety checker; loading %s", source)
             try:
-                checker, extractor = load_checker(source, self.device, self.dtype)
+                checker, extractor = load_checker(source, self.device, dtype)
             except SafetyError as exc:
                 raise EngineError(str(exc)) from exc
         else:
             log.info("using the model's own safety checker%s", f" from {folder}" if folder else "")
-        checker.to(self.device)
+        checker.to(self.device, dtype)
         checker.eval()
         try:
             self.safety.categories = load_categories(
@@ -345,13 +364,50 @@ class Engine:
             count=1,
         )
         try:
-            self.generate(params)
+            if self._precision_ids is None:
+                self.generate(params)
+            else:
+                log.info("timing each part in float32 and bfloat16 (once on this machine) ...")
+                self.precision = precision.measure(self.pipe, lambda: self.generate(params))
+                precision.remember(*self._precision_ids, self.precision)
+                self._precision_ids = None
         except EngineError as exc:
             raise EngineError(f"the model loaded but could not generate: {exc}") from exc
         # The first call pays one-time costs (allocation, kernel choice): its time would
         # make batch 1 look slow and bias the micro-batching choice.
         self._per_image.clear()
-        log.info("warm-up took %.2f s", time.perf_counter() - started)
+        assert self.precision is not None
+        log.info(
+            "warm-up took %.2f s; %s (%s); %s",
+            time.perf_counter() - started,
+            self.precision.describe(),
+            self.precision.source,
+            memory.describe(self.device),
+        )
+
+    def _plan_precision(self) -> None:
+        """[model] dtype = auto on the CPU: the plan measured earlier on this machine for
+        this model, else float32 until the warm-up measures one."""
+        self.precision = precision.uniform(self.pipe, self.dtype)
+        self._precision_ids = None
+        if not (self.device == "cpu" and self.model_settings.dtype == "auto"):
+            return
+        if not precision.bf16_capable():
+            self.precision.source = "this CPU has no bfloat16 kernels"
+            return
+        d = self.defaults()
+        ids = (
+            precision.machine_id(),
+            precision.model_id(self.pipe, self.model_name, (d["width"], d["height"])),
+        )
+        plan = precision.cached(*ids, precision.parts_of(self.pipe))
+        if plan is not None:
+            precision.apply(self.pipe, plan)
+            self.precision = plan
+        elif self.model_settings.warmup:
+            self._precision_ids = ids
+        else:
+            log.info("float32 on the CPU: bfloat16 is chosen by timing at warm-up (warmup = false)")
 
     # ----- parameters ----------------------------------------------------------------
     def defaults(self) -> dict[str, Any]:
@@ -584,7 +640,9 @@ class Engine:
                     seconds=seconds,
                     extra={
                         "device": self.device,
-                        "dtype": str(self.dtype).removeprefix("torch."),
+                        "dtype": self.precision.describe() if self.precision else "",
+                        "decoder": self.decoder.kind,
+                        "decoder_source": self.decoder.source,
                         "batch_requests": len(batch),
                         "safety_offset": offset,
                         "safety_enabled": self.safety.enabled,

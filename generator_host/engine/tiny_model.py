@@ -76,6 +76,42 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_tiny_vae(folder: Path, seed: int = 0) -> Path:
+    """A tiny `AutoencoderTiny` (TAESD's architecture, 8 channels, random weights) that
+    decodes the tiny model's latents (4 channels, 2x), saved where `[model] tiny_vae` can
+    point: the tiny decoder's loading code runs for real without a download."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-vae-", dir=_parent(folder)))
+    try:
+        vae.save_pretrained(tmp, safe_serialization=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _parent(folder: Path) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder.parent
+
+
 def _byte_symbols() -> list[str]:
     """GPT-2/CLIP's reversible byte-to-unicode table, in its usual order."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

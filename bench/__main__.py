@@ -4,6 +4,7 @@
     python -m bench --quick              # a short smoke run (about 2-3 minutes)
     python -m bench --only commands,obs  # some parts only
     python -m bench --no-write           # print, leave docs/benchmarks.md alone
+    python -m bench --gpu                # the GPU benchmark only (= --only gpu; CUDA needed)
 
 Each part runs in its own child process, one after the other (never side by side), with
 a time limit: a part that fails or overruns becomes a failed row, the others still
@@ -43,11 +44,13 @@ class Part:
 PARTS: dict[str, Part] = {  # issue #7's order; the extra OBS delivery part last
     "chat_to_screen": Part("bench.bench_chat_to_screen", "Chat to screen", 300, 150),
     "commands": Part("bench.bench_commands", "Command path", 180, 90),
-    "engine": Part("bench.bench_engine", "Engine", 480, 240),
+    "engine": Part("bench.bench_engine", "Engine", 600, 300),
     "steadiness": Part("bench.bench_steadiness", "Steadiness", 300, 150),
     "obs": Part("bench.bench_obs", "OBS delivery", 240, 120),
     "categories": Part("bench.bench_categories", "Safety categories", 60, 30),
+    "gpu": Part("bench.bench_gpu", "GPU (issue 16)", 480, 480),  # only when asked for
 }
+DEFAULT_PARTS = [name for name in PARTS if name != "gpu"]
 
 INTRO = """# Benchmarks
 
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--gpu", action="store_true", help="the GPU benchmark (CUDA GPU)")
     parser.add_argument("--worker", choices=list(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--json-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -168,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import report
 
-    names = parse_only(args.only) if args.only else list(PARTS)
+    if args.gpu:
+        args.only = "gpu"
+    names = parse_only(args.only) if args.only else DEFAULT_PARTS
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
     timings: list[str] = []

@@ -336,7 +336,15 @@ def host_main(argv: list[str]) -> int:
 class Host:
     """`python -m generator_host run` (via host_main) against the local Twitch server."""
 
-    def __init__(self, work: Path, model_dir: Path, twitch_port: int, link_port: int) -> None:
+    def __init__(
+        self,
+        work: Path,
+        model_dir: Path,
+        twitch_port: int,
+        link_port: int,
+        device: str = "cpu",
+        size: int = SIZE,
+    ) -> None:
         self.work = work
         self.link_port = link_port
         self.lines: list[str] = []
@@ -346,8 +354,8 @@ class Host:
             '[twitch]\nchannel = "streamer"\nlogin = "paintbot"\n'
             'token = "bench-twitch-token"\nhost = "127.0.0.1"\n'
             f"port = {twitch_port}\ntls = false\n"
-            f'[model]\nmodel = {json.dumps(str(model_dir))}\ndevice = "cpu"\nsteps = 1\n'
-            f"guidance = 0.0\nwidth = {SIZE}\nheight = {SIZE}\nwarmup = true\n"
+            f'[model]\nmodel = {json.dumps(str(model_dir))}\ndevice = "{device}"\nsteps = 1\n'
+            f"guidance = 0.0\nwidth = {size}\nheight = {size}\nwarmup = true\n"
             f"[safety]\nchecker = {json.dumps(str(model_dir))}\n"
             "[moderation]\nuser_cooldown_seconds = 0.0\nmax_queued_per_user = 5\n"
             "[show]\nmin_display_seconds = 0.0\n"  # a screen-time policy, not latency
@@ -499,15 +507,26 @@ class Sample:
     legacy_seen: float | None = None
 
 
-def session(work: Path, requests: int, warmup: int, seed: int = 7) -> tuple[list[Sample], str]:
-    """Start everything, send the requests one at a time; per-request samples, OBS version."""
+def session(
+    work: Path,
+    requests: int,
+    warmup: int,
+    seed: int = 7,
+    *,
+    model_dir: Path | None = None,
+    device: str = "cpu",
+    size: int = SIZE,
+) -> tuple[list[Sample], str]:
+    """Start everything, send the requests one at a time; per-request samples, OBS version.
+    Without `model_dir`: the tiny model on the CPU (bench_gpu passes a full-size one)."""
     from generator_host.engine.tiny_model import build_tiny_model
     from tests.twitch_server import TwitchServer
 
-    model_dir = build_tiny_model(work / "tiny-sd")
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = model_dir or build_tiny_model(work / "tiny-sd")
     server = TwitchServer("streamer").start()
     link_port = free_port()
-    host = Host(work, model_dir, server.port, link_port)
+    host = Host(work, model_dir, server.port, link_port, device, size)
     obs = Obs(work, link_port)
     legacy: LegacyWriter | None = None
     try:

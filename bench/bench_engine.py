@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -145,6 +146,7 @@ class Device:
 
     name: str  # torch device, and the engine's [model] device
     dtype: str  # the engine's [model] dtype
+    vae: str  # the engine's [model] vae
     label: str  # for the rows' names
     full_size_batch: int  # requests per micro-batch at full size
     full_size_rounds: tuple[int, int]  # interleaved rounds at full size: (quick, full)
@@ -152,8 +154,15 @@ class Device:
     checker_in_quick: bool  # time the full-size checker in quick runs too
 
 
-CPU = Device("cpu", "float32", "CPU fp32", 2, (1, 1), tiny_vae=False, checker_in_quick=False)
-CUDA = Device("cuda", "float16", "CUDA fp16", 4, (3, 10), tiny_vae=True, checker_in_quick=True)
+# The CPU's micro-batching rounds run the engine's defaults (what a CPU user gets: the
+# tiny decoder, the measured precision); fp32 with the full VAE is timed beside the
+# defaults in bench_cpu_settings.
+CPU = Device(
+    "cpu", "auto", "auto", "CPU defaults", 2, (1, 1), tiny_vae=False, checker_in_quick=False
+)
+CUDA = Device(
+    "cuda", "float16", "full", "CUDA fp16", 4, (3, 10), tiny_vae=True, checker_in_quick=True
+)
 
 
 def devices() -> list[Device]:
@@ -166,7 +175,7 @@ def devices() -> list[Device]:
 def _torch_dtype(device: Device) -> Any:
     import torch
 
-    return getattr(torch, device.dtype)
+    return getattr(torch, device.dtype) if device.dtype != "auto" else torch.float32
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -388,29 +397,57 @@ def use_tiny_vae(pipe: Any, config: dict[str, Any] | None = None) -> Any:
     return old
 
 
+def save_tiny_vae(folder: Path, config: dict[str, Any] | None = None) -> Path:
+    """TAESD's architecture with random weights, saved (10 MB) where [model] tiny_vae can
+    point: the engine loads its tiny decoder through from_pretrained, nothing downloaded."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if not (folder / "config.json").is_file():
+        torch.manual_seed(0)
+        AutoencoderTiny(**(config or TAESD_CONFIG)).save_pretrained(folder)
+    return folder
+
+
 def prebuilt_engine(
-    pipe: Any, device: Device, batch: int, *, warm_up: bool, folder: Path, family: str = "turbo"
+    pipe: Any,
+    device: Device,
+    batch: int,
+    *,
+    warm_up: bool,
+    folder: Path,
+    family: str = "turbo",
+    checker: tuple[Any, Any] | None = None,
+    **model: Any,
 ) -> Any:
     """The real Engine, loaded as the host loads it, around a pipeline built in memory (a
-    full-size one is never written to disk: 5 GB). `folder` only names the model. The
-    safety checker is off: its cost is measured on its own."""
+    full-size one is never written to disk: 5 GB). `folder` only names the model. Without
+    `checker` (a checker and its image processor) the safety check is off: its cost is then
+    measured on its own. `model`: more [model] settings (dtype, vae ...)."""
     from generator_host.core.settings import ModelSettings, SafetySettings
     from generator_host.engine.pipeline import Engine
 
     class PrebuiltEngine(Engine):
         def _load_pipeline(self, source: str, local: bool) -> Any:
+            if checker is not None:  # the engine takes a model's own checker out of it
+                pipe.safety_checker, pipe.feature_extractor = checker
             return pipe.to(device=self.device, dtype=self.dtype)
 
     folder.mkdir(parents=True, exist_ok=True)
-    model = ModelSettings(
+    settings = ModelSettings(
         model=str(folder),
         family=family,
         device=device.name,
         dtype=device.dtype,
+        vae=device.vae,
+        tiny_vae=str(save_tiny_vae(folder.parent / "taesd")),
+        tiny_vae_xl=str(save_tiny_vae(folder.parent / "taesd")),  # same architecture
         warmup=warm_up,
         max_batch=batch,
     )
-    engine = PrebuiltEngine(model, SafetySettings(enabled=False))
+    for key, value in model.items():
+        setattr(settings, key, value)
+    engine = PrebuiltEngine(settings, SafetySettings(enabled=checker is not None))
     engine.load()
     return engine
 
@@ -440,8 +477,8 @@ def bench_full_size_on(
     rounds = device.full_size_rounds[0 if quick else 1]
     warm_up = not quick or device.name != "cpu"  # quick CPU: the forced batch goes first
     choice = not quick or device.name != "cpu"
-    variants = [("", pipe.vae)]
     engines = [prebuilt_engine(pipe, device, batch, warm_up=warm_up, folder=folder / "sd-turbo")]
+    variants = [("", pipe.vae)]  # the decoder the engine chose ([model] vae)
     if device.tiny_vae:
         tiny = tiny_vae_like(pipe)
         variants.append((", tiny VAE decoder", tiny))
@@ -487,11 +524,17 @@ def bench_full_size(quick: bool, devs: Sequence[Device] | None = None) -> list[d
     """The full-size model on every device (built once), then the checker on each."""
     t0 = time.perf_counter()
     pipe = build_full_size_turbo()
+    full_vae = pipe.vae
     build_s = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
     devs = list(devs or devices())
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "cache")  # precision timed afresh
         for device in devs:  # the CPU first: moving to the GPU converts the weights to fp16
+            if device.name == "cpu":
+                set_vae(pipe, full_vae)
+                rows += bench_cpu_settings(pipe, quick, Path(tmp))
+            set_vae(pipe, full_vae)
             rows += bench_full_size_on(pipe, device, quick, Path(tmp))
             gc.collect()
     rows[0]["build_s"] = build_s
@@ -503,20 +546,136 @@ def bench_full_size(quick: bool, devs: Sequence[Device] | None = None) -> list[d
     return rows
 
 
-def _bench_checker(device: Device = CPU) -> dict[str, Any]:
+def full_size_checker() -> tuple[Any, Any]:
+    """The CompVis checker's architecture (CLIP ViT-L/14) with random weights, and its
+    image processor."""
     import torch
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from PIL import Image
     from transformers import CLIPConfig, CLIPImageProcessor
 
-    from generator_host.engine.safety import SafetyJudge
-
+    torch.manual_seed(0)
     config = CLIPConfig(vision_config=COMPVIS_CHECKER_VISION, projection_dim=768)
     checker = StableDiffusionSafetyChecker(config).eval()
-    checker.to(device.name, _torch_dtype(device))
     extractor = CLIPImageProcessor(
         crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224}
     )
+    return checker, extractor
+
+
+# ---- issue 16: the CPU's settings side by side ---------------------------------------------
+DEFAULT_ROW = "SD-Turbo 512 1 step, CPU, default settings: seconds per image"
+GOAL_S = 3.0
+CPU_SETTINGS = (  # label, [model] settings; the engine's defaults second
+    ("fp32 + full VAE (before issue 16)", {"dtype": "float32", "vae": "full"}),
+    ("engine defaults", {"dtype": "auto", "vae": "auto"}),
+    ("bf16 alone (full VAE)", {"dtype": "bfloat16", "vae": "full"}),
+    ("tiny VAE alone (fp32)", {"dtype": "float32", "vae": "tiny"}),
+)
+
+
+def _weights_bytes(pipe: Any, checker: Any) -> int:
+    modules = [getattr(pipe, p, None) for p in ("unet", "vae", "text_encoder", "text_encoder_2")]
+    return sum(
+        t.numel() * t.element_size()
+        for m in [*modules, checker]
+        if m is not None
+        for t in [*m.parameters(), *m.buffers()]
+    )
+
+
+def bench_cpu_settings(pipe: Any, quick: bool, folder: Path) -> list[dict[str, Any]]:
+    """Issue 16: the full-size model at 512x512, 1 step, batch 1, safety checker (fp32)
+    included, under each of CPU_SETTINGS; one picture per setting per round, the order
+    rotating each round, so machine noise hits every setting alike."""
+    from generator_host.engine import memory, precision
+    from generator_host.engine.vae import install
+
+    checker = full_size_checker()
+    device = CPU
+    full_vae = pipe.vae
+    runs: list[tuple[str, Any, Any, int]] = []  # label, engine, its decoder, weight bytes
+    skipped: dict[str, str] = {}
+    for label, settings in CPU_SETTINGS:
+        if settings["dtype"] == "bfloat16" and not precision.bf16_capable():
+            skipped[label] = (
+                "not timed: this CPU has no bfloat16 kernels (oneDNN); bfloat16 runs about 3x "
+                "slower than float32 here, so the engine's defaults keep float32"
+            )
+            continue
+        install(pipe, full_vae)  # each setting starts from the model as built
+        engine = prebuilt_engine(
+            pipe, device, 1, warm_up=True, folder=folder / "sd-turbo", checker=checker, **settings
+        )
+        runs.append((label, engine, pipe.vae, _weights_bytes(pipe, checker[0])))
+    request = full_size_requests(1)[0]
+    times: dict[str, list[float]] = {label: [] for label, *_ in runs}
+    rounds = 1 if quick else 3
+    for r in range(rounds):
+        for k in range(len(runs)):
+            label, engine, vae, _ = runs[(k + r) % len(runs)]
+            install(pipe, vae)
+            precision.apply(pipe, engine.precision)
+            t0 = time.perf_counter()
+            engine.generate(request)
+            times[label].append(time.perf_counter() - t0)
+    baseline = _median(times[CPU_SETTINGS[0][0]]) if CPU_SETTINGS[0][0] in times else math.nan
+    rows: list[dict[str, Any]] = []
+    how = (
+        f"real Engine.generate (pipeline + fp32 safety checker), batch 1, {rounds} round(s), "
+        "settings interleaved; full-size random weights"
+    )
+    for label, engine, _, weights in runs:
+        t = _median(times[label])
+        rows.append(
+            {
+                "name": f"SD-Turbo full size 512x512, 1 step, CPU, {label}: seconds per image",
+                "value": t,
+                "unit": "s",
+                "detail": f"precision {engine.precision.describe()} ({engine.precision.source}); "
+                f"{engine.decoder.describe()}; weights {memory.gib(weights)}; "
+                f"vs fp32 + full VAE {_ratio(baseline, t):.2f}x",
+            }
+        )
+    for label, why in skipped.items():
+        rows.append(
+            {
+                "name": f"SD-Turbo full size 512x512, 1 step, CPU, {label}: seconds per image",
+                "value": None,
+                "unit": "s",
+                "detail": why,
+            }
+        )
+    default = _median(times.get("engine defaults", []))
+    rows.append(
+        {
+            "name": DEFAULT_ROW,
+            "value": default,
+            "unit": "s",
+            "target": f"<= {GOAL_S} s",
+            "ok": default <= GOAL_S,
+            "how": how,
+        }
+    )
+    rows.append(
+        {
+            "name": "CPU settings run: peak memory (RSS) of the process",
+            "value": (memory.peak_rss_bytes() or 0) / 1024**3,
+            "unit": "GB",
+            "detail": "every setting's model and the checker in one process",
+        }
+    )
+    precision.apply(pipe, precision.uniform(pipe, _torch_dtype(device)))  # as built
+    return rows
+
+
+def _bench_checker(device: Device = CPU) -> dict[str, Any]:
+    import torch
+    from PIL import Image
+
+    from generator_host.engine.safety import SafetyJudge
+
+    checker, extractor = full_size_checker()
+    checker.to(device.name, _torch_dtype(device))
     judge = SafetyJudge(checker, extractor)
     images = [Image.new("RGB", (512, 512), (i * 40, 90, 160)) for i in range(4)]
     times = []
@@ -558,6 +717,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if "s_per_image" in r:
             result, skip = f"{r['s_per_image']:.4f} s", {"name", "s_per_image"}
+        elif r.get("value") is None:
+            result, skip = "n/a", {"name", "value", "unit"}
         else:
             result, skip = f"{r['value']:.2f}{r['unit']}", {"name", "value", "unit"}
         notes = ", ".join(

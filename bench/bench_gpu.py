@@ -151,12 +151,14 @@ class Run:
     batch: int  # the micro-batch
     compile_backend: str
     sizes: dict[str, tuple[int, ...]]  # model -> sizes
+    compiled: tuple[str, ...]  # models whose UNet is also timed with torch.compile
+    cpu_threads: int = 0  # the dry run: 1 (tiny models gain nothing from more)
 
 
-GPU = Run(
-    "cuda", "float16", False, 5, 4, "inductor", {"SD-Turbo": (512,), "SDXL-Turbo": (512, 1024)}
-)
-DRY = Run("cpu", "float32", True, 1, 4, "eager", {"SD-Turbo": (64,), "SDXL-Turbo": (64, 128)})
+SIZES_GPU = {"SD-Turbo": (512,), "SDXL-Turbo": (512, 1024)}
+SIZES_DRY = {"SD-Turbo": (64,), "SDXL-Turbo": (64, 128)}
+GPU = Run("cuda", "float16", False, 5, 4, "inductor", SIZES_GPU, ("SD-Turbo", "SDXL-Turbo"))
+DRY = Run("cpu", "float32", True, 1, 4, "eager", SIZES_DRY, ("SD-Turbo",), cpu_threads=1)
 
 
 # ---- building -----------------------------------------------------------------------------
@@ -291,6 +293,7 @@ def bench_model(model: str, run: Run, folder: Path) -> list[dict[str, Any]]:
             vae=kind,
             tiny_vae=str(taesd),
             tiny_vae_xl=str(taesd),
+            cpu_threads=run.cpu_threads,
         )
         engines[kind].decoder_module = pipe.vae
     for size in run.sizes[model]:
@@ -321,7 +324,8 @@ def bench_model(model: str, run: Run, folder: Path) -> list[dict[str, Any]]:
                 "x",
             )
         )
-    rows += bench_compile(pipe, engines["tiny"], model, run)
+    if model in run.compiled:
+        rows += bench_compile(pipe, engines["tiny"], model, run)
     if run.device == "cuda":
         rows.append(_row(f"{model}: peak VRAM", torch.cuda.max_memory_allocated() / 1024**3, "GB"))
     del engines, pipe

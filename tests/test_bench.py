@@ -196,3 +196,33 @@ def test_engine_bench_rounds_and_tiny_vae_swap_run_on_the_cpu(
     engine = be.prebuilt_engine(pipe, be.CPU, 2, warm_up=False, folder=tmp_path / "m")
     result = engine.generate(GenerationParams("x", steps=1, width=64, height=80, seed=3))
     assert result.images[0].image.size == (64, 80)
+
+
+@pytest.mark.model
+def test_gpu_benchmark_runs_end_to_end_on_the_cpu_with_tiny_configs() -> None:
+    """`python -m bench --gpu`'s code path, before any GPU is seen (issue 16)."""
+    from bench import bench_gpu
+    from tests.fixtures_model import model_libraries_available
+    from tests.requirements import require
+
+    require(model_libraries_available(), "torch, diffusers and transformers are installed")
+    rows = bench_gpu.dry_run()
+    names = [r["name"] for r in rows]
+    for model in ("SD-Turbo 64x64", "SDXL-Turbo 64x64", "SDXL-Turbo 128x128"):
+        for kind in ("full", "tiny"):
+            assert f"{model}, 1 step, cpu float32, {kind} VAE: batch 1" in names
+            assert f"{model}, 1 step, cpu float32, {kind} VAE: micro-batch of 4, per image" in names
+        assert f"{model}, 1 step, cpu float32: tiny vs full VAE, images/s at batch 1" in names
+    assert any("torch.compile time" in n for n in names)
+    assert all(isinstance(r["value"], float) and math.isfinite(r["value"]) for r in rows)
+
+
+def test_gpu_benchmark_without_a_gpu_says_what_to_run_instead() -> None:
+    import torch
+
+    from bench import bench_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the real GPU benchmark would run")
+    with pytest.raises(SystemExit, match="--dry-run"):
+        bench_gpu.run()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -194,9 +195,15 @@ def measure(pipe: Any, run: Callable[[], None]) -> Plan:
     for dtype in (torch.float32, torch.bfloat16):
         for part in parts:
             set_dtype(pipe, part, dtype)
-        run()
-        with timer.recording() as spent:
+        try:
             run()
+            with timer.recording() as spent:
+                run()
+        except Exception as exc:  # noqa: BLE001 - a model that fails in bf16 stays fp32
+            if dtype == torch.float32:
+                raise
+            log.warning("the model fails in bfloat16 (%s); keeping float32", exc)
+            spent = {part: math.inf for part in parts}
         for part in parts:
             seconds[part][_dtype_name(dtype)] = spent[part]
     plan = Plan(choose(seconds), "measured", seconds)

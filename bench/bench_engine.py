@@ -146,23 +146,21 @@ class Device:
 
     name: str  # torch device, and the engine's [model] device
     dtype: str  # the engine's [model] dtype
-    vae: str  # the engine's [model] vae
     label: str  # for the rows' names
     full_size_batch: int  # requests per micro-batch at full size
     full_size_rounds: tuple[int, int]  # interleaved rounds at full size: (quick, full)
     tiny_vae: bool  # also measure the full-size model with the tiny VAE decoder
     checker_in_quick: bool  # time the full-size checker in quick runs too
+    vae: str = "full"  # the engine's [model] vae
 
 
 # The CPU's micro-batching rounds run the engine's defaults (what a CPU user gets: the
 # tiny decoder, the measured precision); fp32 with the full VAE is timed beside the
 # defaults in bench_cpu_settings.
 CPU = Device(
-    "cpu", "auto", "auto", "CPU defaults", 2, (1, 1), tiny_vae=False, checker_in_quick=False
+    "cpu", "auto", "CPU defaults", 2, (1, 1), tiny_vae=False, checker_in_quick=False, vae="auto"
 )
-CUDA = Device(
-    "cuda", "float16", "full", "CUDA fp16", 4, (3, 10), tiny_vae=True, checker_in_quick=True
-)
+CUDA = Device("cuda", "float16", "CUDA fp16", 4, (3, 10), tiny_vae=True, checker_in_quick=True)
 
 
 def devices() -> list[Device]:
@@ -424,6 +422,7 @@ def prebuilt_engine(
     full-size one is never written to disk: 5 GB). `folder` only names the model. Without
     `checker` (a checker and its image processor) the safety check is off: its cost is then
     measured on its own. `model`: more [model] settings (dtype, vae ...)."""
+    from generator_host.core.categories import DEFAULTS as CATEGORY_DEFAULTS
     from generator_host.core.settings import ModelSettings, SafetySettings
     from generator_host.engine.pipeline import Engine
 
@@ -447,7 +446,11 @@ def prebuilt_engine(
     )
     for key, value in model.items():
         setattr(settings, key, value)
-    engine = PrebuiltEngine(settings, SafetySettings(enabled=checker is not None))
+    # The categories' CLIP text tower is not in memory (nor downloadable here); their
+    # cost is the categories part's figure.
+    no_categories = {name: {"enabled": False} for name in CATEGORY_DEFAULTS}
+    safety = SafetySettings(enabled=checker is not None, categories=no_categories)
+    engine = PrebuiltEngine(settings, safety)
     engine.load()
     return engine
 

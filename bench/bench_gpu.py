@@ -274,7 +274,7 @@ def bench_model(model: str, run: Run, folder: Path) -> list[dict[str, Any]]:
     pipe = build(model, run)
     full_vae = pipe.vae
     family = "turbo" if model == "SD-Turbo" else "sdxl-turbo"
-    device = Device(run.device, run.dtype, "full", run.device, run.batch, (1, 1), False, False)
+    device = Device(run.device, run.dtype, run.device, run.batch, (1, 1), False, False)
     checker = checker_for(run)
     taesd = folder / "taesd"
     be.save_tiny_vae(taesd, TINY_TAESD if run.tiny else None)

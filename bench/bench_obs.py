@@ -101,7 +101,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         settings = {"host": host.url, "token": LINK_TOKEN}
         try:
             with run_obs(root / "obs", settings, fps=FPS, legacy_file=str(legacy)) as obs:
-                host.next_message("settings", timeout=20)
+                host.wait_connected()
                 shot = []
                 for _ in range(10):
                     t = time.perf_counter()

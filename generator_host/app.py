@@ -35,6 +35,7 @@ from typing import Any
 
 from generator_host import exit_codes
 from generator_host.core import events as ev
+from generator_host.core import settings as settings_mod
 from generator_host.core.generation import Entry, GenerationRequest
 from generator_host.core.message import ChatEvent
 from generator_host.core.settings import LinkSettings, Settings
@@ -90,6 +91,7 @@ class Host:
         self._state_save_failing = False
         self._state_saved = b""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task] = set()  # referenced until done (else GC may drop one)
 
     # ---- state that survives a restart -------------------------------------------------
     def _load_state(self) -> dict | None:
@@ -149,20 +151,23 @@ class Host:
             finally:
                 self._effects.task_done()
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def on_chat(self, event: ChatEvent) -> None:
         self.feed(event)
 
     def on_link_message(self, msg: dict[str, Any]) -> None:
-        """A message from an OBS script: settings or a button/hotkey action."""
-        now = time.monotonic()
+        """A message from an OBS script: a proposed settings change or a button/hotkey."""
         kind = msg.get("type")
         if kind == "action":
             action = str(msg.get("action", ""))
             arg = str(msg.get("arg", "") or "")
-            self.feed(ev.StreamerAction(action=action, arg=arg, now=now))
-        elif kind == "settings":
-            self._apply_obs_settings(msg)
-            self.feed(self.settings_changed(now))
+            self.feed(ev.StreamerAction(action=action, arg=arg, now=time.monotonic()))
+        elif kind == "change":
+            self.change_settings(msg["values"], "obs")
 
     def settings_changed(self, now: float) -> ev.SettingsChanged:
         """The event for changed settings; reads the blocklist again when its file changed."""
@@ -174,23 +179,31 @@ class Host:
                 log.warning("settings: %s", problem)
         return ev.SettingsChanged(now=now, blocklist=blocklist)
 
-    def _apply_obs_settings(self, values: dict[str, Any]) -> None:
-        """Apply the script's panel settings (already validated by the protocol module)."""
-        s = self.settings
-        s.safety.threshold_offset = float(values["threshold_offset"])
+    def change_settings(self, values: dict[str, Any], view: str, role: str = "broadcaster") -> None:
+        """A view proposes live settings: validate once, apply to the next image, log who
+        changed what, and send the live values to every connected panel (the proposer's
+        too, so a refused value snaps back)."""
+        changes, refused = settings_mod.apply_changes(self.settings, values, view, role)
+        for change in changes:
+            log.info("settings: %s", change.describe())
+        for reason in refused:
+            log.warning("settings: refused %s", reason)
+        if changes:
+            self._follow_settings()
+            self.feed(self.settings_changed(time.monotonic()))
+        note = "; ".join([c.describe() for c in changes] + [f"refused {r}" for r in refused])
+        self._spawn(self._broadcast(self.settings_message(note)))
+
+    def _follow_settings(self) -> None:
+        """The parts holding a copy of a live setting take the current value (the show
+        and the gallery read the settings object itself)."""
         if self.engine is not None and getattr(self.engine, "safety", None) is not None:
-            self.engine.safety.offset = s.safety.threshold_offset
-        s.show.grid = int(values["grid"])
-        s.safety.approval_mode = values["approval_mode"]
-        s.show.slideshow_seconds = float(values["slideshow_seconds"])
-        s.gallery.save_images = bool(values["save_images"])
-        log.info(
-            "OBS settings: offset %+.4f, grid %d, approval %s, slideshow %gs, save %s",
-            s.safety.threshold_offset,
-            s.show.grid,
-            s.safety.approval_mode,
-            s.show.slideshow_seconds,
-            s.gallery.save_images,
+            self.engine.safety.offset = self.settings.safety.threshold_offset
+
+    def settings_message(self, note: str = "") -> dict[str, Any]:
+        """The live settings as the OBS panel shows them: values, ranges, choices."""
+        return protocol.make_settings(
+            settings_mod.live_values(self.settings, "obs"), settings_mod.live_schema("obs"), note
         )
 
     # ---- effects out --------------------------------------------------------------------
@@ -369,8 +382,9 @@ class Host:
             await self.link.broadcast(frame)
 
     def initial_state(self) -> list[dict[str, Any]]:
-        """What a newly connected OBS needs: what is on screen now and the status."""
-        return [protocol.make_state(self.on_screen, self.status_frame)]
+        """What a newly connected OBS needs: the live settings (before it may propose a
+        change), what is on screen now and the status."""
+        return [self.settings_message(), protocol.make_state(self.on_screen, self.status_frame)]
 
     # ---- the loop -----------------------------------------------------------------------
     async def _ticker(self) -> None:
@@ -382,6 +396,7 @@ class Host:
         from generator_host.edges.link import LinkServer
 
         self._loop = asyncio.get_running_loop()
+        self._follow_settings()
         # What was on screen before a restart is ready before the first OBS connects.
         for effect in self.show.resume(time.monotonic()):
             await self._execute(effect)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from generator_host import __version__
 from generator_host.core.settings import (
+    GRIDS,
     Settings,
     data_dir,
     default_config_path,
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _common(demo)
-    demo.add_argument("--grid", type=int, choices=[1, 4, 9], help="images per request")
+    demo.add_argument("--grid", type=int, choices=list(GRIDS), help="images per request")
 
     run = sub.add_parser(
         "run",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import math
 import os
 import queue
 import socket
@@ -63,6 +65,9 @@ class _Script:
         self.connection = "starting"
         self.connected = False
         self.shown_offline = False
+        self.data: Any = None  # OBS's settings object of this script (borrowed, while loaded)
+        self.schema: list[dict[str, Any]] = []  # how to draw the host's live settings
+        self.live: dict[str, Any] | None = None  # the host's values; None until it sent them
 
 
 S = _Script()
@@ -182,38 +187,11 @@ def script_properties() -> Any:
     obs.obs_property_set_long_description(
         p, "Empty: read from the host's token file on this computer. Else the token in it."
     )
-    p = obs.obs_properties_add_float_slider(
-        props, "threshold_offset", "Safety threshold (- looser / + stricter)", -0.05, 0.05, 0.001
-    )
-    obs.obs_property_set_long_description(
-        p,
-        "0 is the stock Stable Diffusion filter. Move right (positive) to be stricter: more "
-        "images are caught, also harmless ones. Move left to be looser: fewer false "
-        "alarms, more risk. 0.01 is about the original project's default.",
-    )
-    p = obs.obs_properties_add_list(
-        props, "grid", "Images per request", obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_INT
-    )
-    for label, value in (("1 image", 1), ("4 images (2x2 grid)", 4), ("9 images (3x3)", 9)):
-        obs.obs_property_list_add_int(p, label, value)
-    p = obs.obs_properties_add_list(
-        props, "approval_mode", "Flagged images", obs.OBS_COMBO_TYPE_LIST,
-        obs.OBS_COMBO_FORMAT_STRING,
-    )  # fmt: skip
-    for label, value in (
-        ("Blur them", "blur"),
-        ("Hold them until I approve", "hold"),
-        ("Skip them", "skip"),
-        ("Show everything (filter off)", "off"),
-    ):
-        obs.obs_property_list_add_string(p, label, value)
+    _add_live_properties(props)
     _add_source_picker(props, "image_source", "Image source", "image")
     _add_source_picker(props, "requester_source", "Requester text source", "text")
     _add_source_picker(props, "prompt_source", "Prompt text source", "text")
     _add_source_picker(props, "status_source", "Status text source", "text")
-    p = obs.obs_properties_add_int(props, "slideshow_seconds", "Slideshow every (s)", 0, 3600, 1)
-    obs.obs_property_set_long_description(p, "0 turns the slideshow of past images off.")
-    obs.obs_properties_add_bool(props, "save_images", "Save images in the host's gallery")
     p = obs.obs_properties_add_path(
         props, "python_path", "Extra packages folder (optional)", obs.OBS_PATH_DIRECTORY, "", ""
     )
@@ -235,13 +213,8 @@ def script_properties() -> Any:
 def script_defaults(settings: Any) -> None:
     obs.obs_data_set_default_string(settings, "host", DEFAULT_HOST)
     obs.obs_data_set_default_string(settings, "token", "")
-    obs.obs_data_set_default_double(settings, "threshold_offset", 0.0)
-    obs.obs_data_set_default_int(settings, "grid", 1)
-    obs.obs_data_set_default_string(settings, "approval_mode", "blur")
     for key, name in DEFAULT_SOURCES.items():
         obs.obs_data_set_default_string(settings, key, name)
-    obs.obs_data_set_default_int(settings, "slideshow_seconds", 0)
-    obs.obs_data_set_default_bool(settings, "save_images", True)
     obs.obs_data_set_default_string(settings, "python_path", "")
 
 
@@ -253,30 +226,12 @@ def _read_config(settings: Any) -> dict[str, Any]:
         "host": (obs.obs_data_get_string(settings, "host") or "").strip(),
         "token": (obs.obs_data_get_string(settings, "token") or "").strip(),
         "python_path": (obs.obs_data_get_string(settings, "python_path") or "").strip(),
-        "threshold_offset": float(obs.obs_data_get_double(settings, "threshold_offset")),
-        "grid": int(obs.obs_data_get_int(settings, "grid")),
-        "approval_mode": obs.obs_data_get_string(settings, "approval_mode") or "blur",
-        "slideshow_seconds": float(obs.obs_data_get_int(settings, "slideshow_seconds")),
-        "save_images": bool(obs.obs_data_get_bool(settings, "save_images")),
     }
     for key, default in DEFAULT_SOURCES.items():
         cfg[key] = (obs.obs_data_get_string(settings, key) or "").strip() or default
     # An empty token with a local host is kept empty: the link thread reads the host's
     # token file at every connect attempt, so a file written later is picked up too.
     return cfg
-
-
-def _settings_message(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The panel's show settings for the host, clamped to what the protocol accepts."""
-    grid = cfg["grid"] if cfg["grid"] in protocol.GRIDS else 1
-    mode = cfg["approval_mode"]
-    return protocol.make_settings(
-        threshold_offset=max(-1.0, min(1.0, cfg["threshold_offset"])),
-        grid=grid,
-        approval_mode=mode if mode in protocol.APPROVAL_MODES else "blur",
-        slideshow_seconds=max(0.0, min(86400.0, cfg["slideshow_seconds"])),
-        save_images=cfg["save_images"],
-    )
 
 
 def _use_python_path(path: str) -> None:
@@ -296,8 +251,7 @@ def script_update(settings: Any) -> None:
     S.settings = settings
     S.config = _read_config(settings)
     _use_python_path(S.config["python_path"])
-    if S.link is not None:
-        S.link.set_settings(_settings_message(S.config))
+    _propose_changes(settings)
     key = (S.config["host"], S.config["token"], S.config["python_path"])
     if S.loaded and key != S.link_key:
         S.restart_at = time.monotonic() + DEBOUNCE_S
@@ -312,6 +266,147 @@ def script_save(settings: Any) -> None:
             obs.obs_data_array_release(array)
 
 
+# --- live settings: the host owns them; this panel shows them and proposes changes ------
+#
+# The host sends its live values with how to draw each one (kind, range, choices, help:
+# from its declarations, so nothing here repeats a range) on every connect and after every
+# change. They are written into this script's own settings, which the panel shows; a
+# change the streamer makes here is sent as a proposal, and the host's answer (to every
+# panel) is what the panel then shows. A panel never overwrites the host's values.
+
+SCHEMA_KEY = "live_schema"  # the last schema the host sent, so the panel has it offline
+
+
+def _cached_schema(settings: Any) -> list[dict[str, Any]]:
+    raw = obs.obs_data_get_string(settings, SCHEMA_KEY) or ""
+    with contextlib.suppress(ValueError, TypeError):
+        msg = {"v": protocol.VERSION, "type": "settings", "values": {}, "schema": json.loads(raw)}
+        checked = protocol.decode(json.dumps(msg), "host").message
+        if checked is not None:
+            return checked["schema"]
+    return []
+
+
+def _add_live_properties(props: Any) -> None:
+    if not S.schema:
+        obs.obs_properties_add_text(
+            props, "live_info",
+            "Live settings (safety, grid, slideshow) appear here once the host has "
+            "connected: press Reconnect to refresh this panel.",
+            obs.OBS_TEXT_INFO,
+        )  # fmt: skip
+        return
+    obs.obs_properties_add_text(
+        props, "live_info",
+        "Live settings: the host's values (from its config, or changed live). A change "
+        "here is sent to the host, which checks it and applies it to the next image.",
+        obs.OBS_TEXT_INFO,
+    )  # fmt: skip
+    for item in S.schema:
+        key, kind, label = item["key"], item["kind"], item["label"] or item["key"]
+        lo, hi, step = item["lo"], item["hi"], item["step"]
+        if kind == "choice":
+            ints = all(isinstance(v, int) and not isinstance(v, bool) for v, _ in item["choices"])
+            fmt = obs.OBS_COMBO_FORMAT_INT if ints else obs.OBS_COMBO_FORMAT_STRING
+            p = obs.obs_properties_add_list(props, key, label, obs.OBS_COMBO_TYPE_LIST, fmt)
+            for value, text in item["choices"]:
+                if ints:
+                    obs.obs_property_list_add_int(p, text, value)
+                else:
+                    obs.obs_property_list_add_string(p, text, str(value))
+        elif kind == "bool":
+            p = obs.obs_properties_add_bool(props, key, label)
+        elif kind == "int":
+            p = obs.obs_properties_add_int(
+                props, key, label, int(lo if lo is not None else -(2**31)),
+                int(hi if hi is not None else 2**31 - 1), int(step or 1),
+            )  # fmt: skip
+        elif kind == "float":
+            # A slider with a number field beside it: the whole range is reachable and
+            # a precise value can be typed (the slider alone is coarse on a wide range).
+            p = obs.obs_properties_add_float_slider(
+                props, key, label, float(lo if lo is not None else -1e9),
+                float(hi if hi is not None else 1e9), float(step or 0.001),
+            )  # fmt: skip
+        else:
+            p = obs.obs_properties_add_text(props, key, label, obs.OBS_TEXT_DEFAULT)
+        obs.obs_property_set_long_description(p, item["help"])
+
+
+def _panel_value(settings: Any, item: dict[str, Any]) -> Any:
+    key, kind = item["key"], item["kind"]
+    if kind == "bool":
+        return bool(obs.obs_data_get_bool(settings, key))
+    if kind == "int":
+        return int(obs.obs_data_get_int(settings, key))
+    if kind == "float":
+        return float(obs.obs_data_get_double(settings, key))
+    if kind == "choice" and item["choices"] and isinstance(item["choices"][0][0], int):
+        return int(obs.obs_data_get_int(settings, key))
+    return obs.obs_data_get_string(settings, key) or ""
+
+
+def _write_panel_value(settings: Any, item: dict[str, Any], value: Any) -> None:
+    key = item["key"]
+    if isinstance(value, bool):
+        obs.obs_data_set_bool(settings, key, value)
+    elif isinstance(value, int) and item["kind"] != "float":
+        obs.obs_data_set_int(settings, key, value)
+    elif isinstance(value, (int, float)):
+        obs.obs_data_set_double(settings, key, float(value))
+    else:
+        obs.obs_data_set_string(settings, key, str(value))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return False
+    return bool(a == b)
+
+
+def _take_host_settings(msg: dict[str, Any]) -> None:
+    """The host's live values (OBS's thread): the panel shows them from now on."""
+    if msg["schema"]:
+        S.schema = msg["schema"]
+    S.live = dict(msg["values"])
+    data = S.data
+    if data is not None:
+        for item in S.schema:
+            if item["key"] in S.live:
+                _write_panel_value(data, item, S.live[item["key"]])
+        obs.obs_data_set_string(data, SCHEMA_KEY, json.dumps(S.schema))
+    if msg["note"]:
+        _log(f"host settings: {msg['note']}")
+    else:
+        shown = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in S.live.items())
+        _log(f"the panel shows the host's live settings: {shown}")
+
+
+def _propose_changes(settings: Any) -> None:
+    """Send what the streamer changed in the panel to the host, as a proposal."""
+    live = S.live
+    if not S.schema:
+        return
+    changed = {}
+    for item in S.schema:
+        key = item["key"]
+        value = _panel_value(settings, item)
+        if live is not None and key in live and not _same(value, live[key]):
+            changed[key] = value
+    if live is None:
+        return  # not connected: the host's values replace the panel's when it connects
+    if not changed:
+        return
+    link = S.link
+    if link is None or not link.send(protocol.make_change(changed)):
+        _log("settings not sent (not connected); the panel shows the host's values on connect")
+        return
+    S.live.update(changed)  # sent once; the host's answer (to every panel) is what counts
+
+
 # --- load / unload -----------------------------------------------------------------------
 
 
@@ -324,6 +419,8 @@ def script_load(settings: Any) -> None:
     S.settings = settings
     _show_connection()  # never the line an earlier run saved with the settings
     S.config = _read_config(settings)
+    S.data = settings
+    S.schema = _cached_schema(settings)
     _use_python_path(S.config["python_path"])
     for name, description in HOTKEYS:
         hotkey_id = obs.obs_hotkey_register_frontend(
@@ -352,6 +449,7 @@ def script_unload() -> None:
     for hotkey_id in S.hotkeys.values():
         obs.obs_hotkey_unregister(hotkey_id)
     S.hotkeys.clear()
+    S.data, S.live = None, None
     ms = (time.monotonic() - started) * 1000
     state = "stopped" if stopped else "STILL RUNNING"
     _log(f"script unloaded (link thread {state} after {ms:.0f} ms)")
@@ -381,7 +479,6 @@ def _restart_link() -> None:
         return
     name = f"OBS {obs.obs_get_version_string()} on {socket.gethostname()}"
     S.link = link_mod.LinkClient(cfg["host"], cfg["token"], name, IMAGE_DIR)
-    S.link.set_settings(_settings_message(cfg))
     S.link.start()
 
 
@@ -455,6 +552,8 @@ def _set_connection(text: str, connected: bool) -> None:
         _set_text(S.config.get("status_source", ""), OFFLINE_TEXT)
     if connected:
         S.shown_offline = False
+    else:
+        S.live = None  # a new connection brings the host's values again
 
 
 def _show_connection() -> None:
@@ -483,6 +582,8 @@ def _apply(item: dict[str, Any]) -> None:
         _set_text(cfg["prompt_source"], "")
     elif kind == "status":
         _set_text(cfg["status_source"], item.get("text", ""))
+    elif kind == "settings":
+        _take_host_settings(item)
 
 
 def _update_source(name: str, key: str, value: str) -> bool:

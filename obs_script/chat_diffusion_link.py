@@ -246,8 +246,6 @@ class LinkClient:
         self._outbox: list[tuple[float, dict[str, Any]]] = []  # (pressed at, message)
         self._unconfirmed: list[tuple[int, dict[str, Any]]] = []  # (ping that confirms, msg)
         self._ping_seq = 0
-        self._settings: dict[str, Any] | None = None
-        self._sent: dict[str, Any] | None = None  # the settings the host has
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._kick = threading.Event()  # reconnect now / stop waiting
@@ -299,12 +297,6 @@ class LinkClient:
             self._outbox.append((time.monotonic(), msg))
         self._wake()
         return True
-
-    def set_settings(self, msg: dict[str, Any]) -> None:
-        """Remember the panel settings; sent on every connect and now if connected."""
-        with self._lock:
-            self._settings = msg
-        self._wake()
 
     def reconnect_now(self) -> None:
         """Drop the current connection (if any) and try again without waiting."""
@@ -482,14 +474,10 @@ class LinkClient:
             where = "the script settings" if self.token else default_token_path()
             raise Refused(f"the token in {where} is not usable ({hello.error})")
         ws.send(hello.text)
-        with self._lock:  # the host reads these once it has checked the hello
-            self._sent = self._settings
-        if self._sent is not None:
-            ws.send(protocol.encode(self._sent, "script").text or "")
         return ws
 
     def _flush(self, ws: Any) -> None:
-        """Send queued messages, and the settings if they changed since last sent.
+        """Send queued messages (actions, proposed settings changes).
 
         Actions that waited longer than ACTION_GRACE are reported instead. The sent
         actions are followed by a ping: its pong confirms the host has read them.
@@ -497,9 +485,6 @@ class LinkClient:
         self._expire_waiting()
         with self._lock:
             pending, self._outbox = self._outbox, []
-            if self.connected and self._settings is not None and self._settings != self._sent:
-                pending.insert(0, (0.0, self._settings))
-                self._sent = self._settings
         sent: list[dict[str, Any]] = []
         for i, (_, msg) in enumerate(pending):
             is_action = msg.get("type") == "action"
@@ -510,8 +495,9 @@ class LinkClient:
             try:
                 ws.send(enc.text)
             except Exception:
-                with self._lock:  # what is left goes out on the next link (settings: anyway)
-                    left = [m for m in pending[i + 1 :] if m[1].get("type") != "settings"]
+                with self._lock:  # what is left goes out on the next link, but not a
+                    # settings change: the next link starts from the host's values
+                    left = [m for m in pending[i + 1 :] if m[1].get("type") != "change"]
                     self._outbox[:0] = left
                     if is_action:
                         self._unconfirmed.append((self._ping_seq + 1, msg))

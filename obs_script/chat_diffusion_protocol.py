@@ -35,11 +35,15 @@ MAX_STATUS = 200
 MAX_REASON = 200
 MAX_ARG = 32
 
-APPROVAL_MODES = ("blur", "hold", "skip", "off")
-GRIDS = (1, 4, 9)
+MAX_LIVE = 64  # live settings in one message
+MAX_KEY = 64
+MAX_HELP = 300
+MAX_CHOICES = 32
+KINDS = ("bool", "int", "float", "str", "choice")  # how a panel draws a live setting
+
 ACTIONS = ("approve", "clear", "prev", "next", "slideshow")
-HOST_TYPES = ("show", "clear", "status", "state", "bye", "error")
-SCRIPT_TYPES = ("hello", "settings", "action", "error")
+HOST_TYPES = ("show", "clear", "status", "state", "settings", "bye", "error")
+SCRIPT_TYPES = ("hello", "change", "action", "error")
 
 # Close codes the host uses, so the script can tell the streamer what to fix.
 CLOSE_NO_HELLO = 4000
@@ -121,17 +125,6 @@ def _int(lo: int, hi: int) -> Validator:
     return check
 
 
-def _float(lo: float, hi: float) -> Validator:
-    def check(value: Any) -> tuple[Any, str]:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None, "must be a number"
-        if not math.isfinite(value) or not lo <= value <= hi:
-            return None, f"must be between {lo} and {hi}"
-        return float(value), ""
-
-    return check
-
-
 def _bool(value: Any) -> tuple[Any, str]:
     if not isinstance(value, bool):
         return None, "must be true or false"
@@ -145,6 +138,89 @@ def _choice(options: tuple[Any, ...]) -> Validator:
         return value, ""
 
     return check
+
+
+def _scalar(value: Any) -> tuple[Any, str]:
+    """A live setting's value: true/false, a finite number or a short text."""
+    if isinstance(value, bool):
+        return value, ""
+    if isinstance(value, int):
+        return (value, "") if abs(value) <= 2**53 else (None, "is too large")
+    if isinstance(value, float):
+        return (value, "") if math.isfinite(value) else (None, "is not a finite number")
+    if isinstance(value, str):
+        return clean_text(value[: MAX_ARG * 4], MAX_ARG), ""
+    return None, "must be true/false, a number or text"
+
+
+def _key(value: Any) -> tuple[Any, str]:
+    ok = isinstance(value, str) and 0 < len(value) <= MAX_KEY
+    if not ok or not all(c.isascii() and (c.isalnum() or c in "._") for c in value):
+        return None, f"must be a setting name (letters, digits, '.', '_'; at most {MAX_KEY})"
+    return value, ""
+
+
+def _values(value: Any) -> tuple[Any, str]:
+    """{"section.key": value}: live settings, or a change a panel proposes."""
+    if not isinstance(value, dict) or len(value) > MAX_LIVE:
+        return None, f"must be an object of at most {MAX_LIVE} settings"
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        key, err = _key(name)
+        if not err:
+            item, err = _scalar(item)
+        if err:
+            return None, f"{clean_text(str(name), MAX_KEY)!r} {err}"
+        out[key] = item
+    return out, ""
+
+
+def _number_or_none(value: Any) -> tuple[Any, str]:
+    if value is None:
+        return None, ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, "must be a number or null"
+    return (value, "") if math.isfinite(value) else (None, "must be finite")
+
+
+_PANEL_ITEM: dict[str, tuple[Validator, Any]] = {}  # filled below, after _choice and _text
+
+
+def _schema(value: Any) -> tuple[Any, str]:
+    """How a panel draws each live setting: [{"key", "kind", "label", "help", "lo", ...}]."""
+    if not isinstance(value, list) or len(value) > MAX_LIVE:
+        return None, f"must be a list of at most {MAX_LIVE} settings"
+    out = []
+    for item in value:
+        if not isinstance(item, dict):
+            return None, "must hold objects"
+        checked: dict[str, Any] = {}
+        for name, (check, default) in _PANEL_ITEM.items():
+            if item.get(name) is None:
+                if default is _REQUIRED:
+                    return None, f"entry lacks '{name}'"
+                checked[name] = default
+                continue
+            checked[name], err = check(item[name])
+            if err:
+                return None, f"'{name}' {err}"
+        out.append(checked)
+    return out, ""
+
+
+def _choices(value: Any) -> tuple[Any, str]:
+    """[[value, label], ...]: the values a setting may take, each with its label."""
+    if not isinstance(value, list) or len(value) > MAX_CHOICES:
+        return None, f"must be a list of at most {MAX_CHOICES} choices"
+    out = []
+    for pair in value:
+        if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[1], str):
+            return None, "must hold [value, label] pairs"
+        item, err = _scalar(pair[0])
+        if err:
+            return None, err
+        out.append([item, clean_text(pair[1][: MAX_NAME * 4], MAX_NAME)])
+    return out, ""
 
 
 def _png_wire(value: Any) -> tuple[Any, str]:
@@ -192,12 +268,22 @@ _STATUS: Fields = {
     "queue": (_int(0, 1000000), 0),
     "slideshow": (_bool, False),
 }
+_PANEL_ITEM.update(
+    key=(_key, _REQUIRED),
+    kind=(_choice(KINDS), _REQUIRED),
+    label=(_text(MAX_NAME), ""),
+    help=(_text(MAX_HELP), ""),
+    lo=(_number_or_none, None),
+    hi=(_number_or_none, None),
+    step=(_number_or_none, None),
+    choices=(_choices, []),
+)
+# The host's live settings: values, how to draw them (their ranges and choices come from
+# the host's declarations, so this module holds none), and a note on what just changed.
 _SETTINGS: Fields = {
-    "threshold_offset": (_float(-1.0, 1.0), 0.0),
-    "grid": (_choice(GRIDS), 1),
-    "approval_mode": (_choice(APPROVAL_MODES), "blur"),
-    "slideshow_seconds": (_float(0.0, 86400.0), 0.0),
-    "save_images": (_bool, True),
+    "values": (_values, _REQUIRED),
+    "schema": (_schema, []),
+    "note": (_text(MAX_STATUS), ""),
 }
 
 SCHEMAS: dict[str, Fields] = {
@@ -206,10 +292,11 @@ SCHEMAS: dict[str, Fields] = {
     "clear": {},
     "status": _STATUS,
     "state": {},  # nested "show" (or null) and "status"; see _check_state
+    "settings": _SETTINGS,
     "bye": {"reason": (_text(MAX_REASON), "")},
     # script -> host
     "hello": {"token": (_token, _REQUIRED), "client": (_text(MAX_NAME), "")},
-    "settings": _SETTINGS,
+    "change": {"values": (_values, _REQUIRED)},  # a proposal; the host validates it
     "action": {"action": (_choice(ACTIONS), _REQUIRED), "arg": (_text(MAX_ARG), "")},
     # either way
     "error": {"reason": (_text(MAX_REASON), "")},
@@ -319,22 +406,20 @@ def make_hello(token: str, client: str = "") -> dict:
     return {"v": VERSION, "type": "hello", "token": token, "client": client}
 
 
-def make_settings(
-    threshold_offset: float = 0.0,
-    grid: int = 1,
-    approval_mode: str = "blur",
-    slideshow_seconds: float = 0.0,
-    save_images: bool = True,
-) -> dict:
+def make_settings(values: dict, schema: list | None = None, note: str = "") -> dict:
+    """The host's live settings for every panel: sent on connect and after each change."""
     return {
         "v": VERSION,
         "type": "settings",
-        "threshold_offset": threshold_offset,
-        "grid": grid,
-        "approval_mode": approval_mode,
-        "slideshow_seconds": slideshow_seconds,
-        "save_images": save_images,
+        "values": values,
+        "schema": schema or [],
+        "note": note,
     }
+
+
+def make_change(values: dict) -> dict:
+    """A panel's proposal to change live settings ({"section.key": value})."""
+    return {"v": VERSION, "type": "change", "values": values}
 
 
 def make_action(action: str, arg: str = "") -> dict:

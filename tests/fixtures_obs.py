@@ -69,14 +69,20 @@ class RunningLink:
     """A real LinkServer on a background loop; `received` gets what scripts send.
 
     `connects` counts the links scripts opened, from the host's own log lines.
+    Like the host, it owns live settings (`live`, a real Settings): a connecting script
+    gets them first, and a proposed change goes through the host's own check
+    (settings.apply_changes) and is sent back to every script.
     """
 
     def __init__(self, settings: Any = None, token: str = LINK_TOKEN, port: int = 0) -> None:
-        from generator_host.core.settings import LinkSettings
+        from generator_host.core.settings import LinkSettings, Settings
         from generator_host.edges.link import LinkServer
         from obs_script import chat_diffusion_protocol as p
 
         self.received: queue.Queue[dict] = queue.Queue()
+        self.live = Settings()
+        self.send_settings = True  # False: only `state` on connect (tests of the link alone)
+        self._tasks: set[asyncio.Task] = set()
         self.state: list[dict] = [p.make_state(None, p.make_status("idle"))]
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -88,12 +94,41 @@ class RunningLink:
         if self._raised:  # INFO lines must be made to be counted
             self._logger.setLevel(logging.INFO)
         self.server = LinkServer(
-            settings or LinkSettings(port=port), token, self.received.put, lambda: self.state
+            settings or LinkSettings(port=port),
+            token,
+            self._on_message,
+            lambda: [self.settings_message()] * self.send_settings + self.state,
         )
         self.call(self.server.start())
         scheme = "wss" if self.server.settings.tls_cert else "ws"
         self.url = f"{scheme}://127.0.0.1:{self.server.port}"
         self.port = self.server.port
+
+    def settings_message(self, note: str = "") -> dict:
+        from generator_host.core import settings as st
+        from obs_script import chat_diffusion_protocol as p
+
+        return p.make_settings(st.live_values(self.live, "obs"), st.live_schema("obs"), note)
+
+    def _on_message(self, msg: dict) -> None:
+        from generator_host.core.settings import apply_changes
+
+        self.received.put(msg)
+        if msg["type"] == "change":
+            changes, refused = apply_changes(self.live, msg["values"], "obs")
+            note = "; ".join([c.describe() for c in changes] + refused)
+            task = asyncio.ensure_future(self.server.broadcast(self.settings_message(note)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def wait_connected(self, count: int = 1, timeout: float = 20.0) -> None:
+        """Until `count` scripts have said a valid hello (they then get the settings)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self.server.client_count < count:
+            assert time.monotonic() < deadline, "no OBS script connected"
+            time.sleep(0.02)
 
     def call(self, coro: Any, timeout: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

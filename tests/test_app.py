@@ -243,7 +243,9 @@ def test_approve_puts_the_held_picture_on_screen_unfiltered(make_host: Any) -> N
 
     async def scenario() -> None:
         # the strictest offset, as the OBS slider sends it: every picture is flagged
-        host.on_link_message(protocol.make_settings(threshold_offset=1.0, approval_mode="hold"))
+        host.on_link_message(
+            protocol.make_change({"safety.threshold_offset": 1.0, "safety.approval_mode": "hold"})
+        )
         for attempt in range(3):
             say(host, "ann", f"!generate a fox {attempt}")
             await until(lambda: len(shows()) == 2 * attempt + 1)  # noqa: B023
@@ -259,3 +261,57 @@ def test_approve_puts_the_held_picture_on_screen_unfiltered(make_host: Any) -> N
                 assert np.array_equal(pixels(shown["image"]), np.asarray(original.convert("RGB")))
 
     run_scenario(host, scenario)
+
+
+def test_the_host_owns_live_settings_and_every_panel_follows(
+    make_host: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The streamer's config (hold, a strict offset) survives a script connecting; a
+    panel's change is validated once, logged with its origin and sent to every panel."""
+    from websockets.asyncio.client import connect
+
+    host = make_host(max_batch=1, min_display=0.0)
+    host.settings.safety.approval_mode = "hold"
+    host.settings.safety.threshold_offset = 0.03
+    caplog.set_level("INFO", logger="generator_host.app")
+
+    async def panel() -> Any:
+        ws = await connect(f"ws://127.0.0.1:{host.link.port}", origin=None)
+        await ws.send(protocol.encode(protocol.make_hello("t" * 32, "panel"), "script").text)
+        return ws
+
+    async def receive(ws: Any, kind: str) -> dict[str, Any]:
+        while True:
+            msg = protocol.decode(await asyncio.wait_for(ws.recv(), 10), "host").message
+            if msg is not None and msg["type"] == kind:
+                return msg
+
+    async def scenario() -> None:
+        first, second = await panel(), await panel()
+        for ws in (first, second):
+            live = (await receive(ws, "settings"))["values"]
+            assert live["safety.approval_mode"] == "hold"
+            assert live["safety.threshold_offset"] == 0.03
+        assert host.settings.safety.approval_mode == "hold"  # connecting changed nothing
+        assert host.engine.safety.offset == 0.03
+        change = {"safety.approval_mode": "skip", "show.slideshow_seconds": 1.0}
+        await first.send(protocol.encode(protocol.make_change(change), "script").text)
+        for ws in (first, second):
+            back = await receive(ws, "settings")
+            assert back["values"]["safety.approval_mode"] == "skip"
+            assert back["values"]["show.slideshow_seconds"] == 0.0  # refused: 1 s < 3 s
+            assert "refused slideshow_seconds" in back["note"]
+        await first.send(
+            protocol.encode(protocol.make_change({"safety.threshold_offset": -0.2}), "script").text
+        )
+        await receive(second, "settings")
+        assert host.engine.safety.offset == -0.2  # the next image is judged with it
+        await first.close()
+        await second.close()
+
+    run_scenario(host, scenario)
+    assert host.settings.safety.approval_mode == "skip"
+    lines = [r.getMessage() for r in caplog.records]
+    assert "settings: approval_mode 'hold' -> 'skip' (from OBS panel)" in lines
+    assert "settings: threshold_offset 0.03 -> -0.2 (from OBS panel)" in lines
+    assert any("refused slideshow_seconds = 1.0 must be 0 (off) or 3 to 3600" in x for x in lines)

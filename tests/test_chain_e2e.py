@@ -35,7 +35,7 @@ def test_generate_from_twitch_chat_reaches_obs(tmp_path: Path, tiny_model_dir: P
         host.start()
         settings = {"host": f"ws://127.0.0.1:{link_port}", "token": LINK_TOKEN}
         with run_obs(tmp_path / "obs", settings) as obs:
-            wait_for(lambda: "OBS settings" in host.output, 30, "the script to connect")
+            wait_for(lambda: "OBS script connected" in host.output, 30, "the script to connect")
             before_file = obs.input_settings(IMAGE).get("file", "")
             before_pixels = obs.screenshot().tobytes()
 

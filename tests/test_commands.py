@@ -75,14 +75,14 @@ def test_slideshow_arguments():
     assert cmds.parse_slideshow("yes") is None  # toggles, like "on" (its "s" is no unit)
     assert cmds.parse_slideshow("off") == 0.0
     assert cmds.parse_slideshow("") is None
-    assert "3-3600" in cmds.parse_slideshow("1")
+    assert "3 to 3600" in cmds.parse_slideshow("1")
     assert "slideshow" in cmds.parse_slideshow("banana")
     # float() accepts these words: they must be refused as out of range, never become an interval
     for word in ("nan", "NaN", "inf", "-inf", "infinity", "nans", "1e9"):
-        assert cmds.parse_slideshow(word) == "slideshow seconds must be 3-3600", word
+        assert cmds.parse_slideshow(word) == "slideshow seconds must be 0 (off) or 3 to 3600", word
     assert cmds.parse_slideshow("3") == 3.0
     assert cmds.parse_slideshow("3600") == 3600.0
-    assert cmds.parse_slideshow("3600.1") == "slideshow seconds must be 3-3600"
+    assert cmds.parse_slideshow("3600.1") == "slideshow seconds must be 0 (off) or 3 to 3600"
 
 
 def test_every_bad_option_is_named_in_one_answer_and_seed_minus_one_is_random():

@@ -269,9 +269,13 @@ FIELD_VALUES: dict[str, Any] = {
     "image": st.one_of(st.just(protocol.base64.b64encode(PNG).decode()), hostile_text,
                        st.just("iVBORw0KGgo="), st.binary(max_size=40).map(
                            lambda b: protocol.base64.b64encode(b).decode())),
-    "threshold_offset": st.one_of(st.floats(allow_nan=True), json_scalar),
-    "grid": st.one_of(st.sampled_from([1, 4, 9, 0, 2, True]), json_scalar),
-    "approval_mode": st.one_of(st.sampled_from(protocol.APPROVAL_MODES), json_scalar),
+    "values": st.one_of(st.dictionaries(
+        st.one_of(st.sampled_from([d.name for d in settings_mod.declarations()]), short_text),
+        st.one_of(st.sampled_from([1, 4, 9, 0, 2, True, "hold", "nuke", 0.03, 1e300]),
+                  st.floats(allow_nan=True), json_scalar), max_size=6), json_value),
+    "schema": st.one_of(st.just(settings_mod.live_schema("obs")), st.lists(st.dictionaries(
+        st.sampled_from(["key", "kind", "label", "lo", "hi", "step", "choices"]), json_value),
+        max_size=3), json_value),
     "action": st.one_of(st.sampled_from(protocol.ACTIONS), json_scalar),
     "show": st.one_of(st.none(), st.dictionaries(
         st.sampled_from(["entry_id", "image", "prompt", "requester", "held"]), json_scalar)),
@@ -322,8 +326,8 @@ def _check_decoded(dec: protocol.Decoded, sender: str) -> None:
             if isinstance(part.get(key), str):
                 assert len(part[key]) <= cap and not _bidi_or_control(part[key])
                 part[key].encode("utf-8")  # OBS converts to UTF-8
-    if "threshold_offset" in msg:
-        assert math.isfinite(msg["threshold_offset"])
+    for value in (msg.get("values") or {}).values():
+        assert isinstance(value, (bool, int, str)) or math.isfinite(value)
     # what a peer accepted, it can send back unchanged
     back = dict(msg)
     if back["type"] == "show":
@@ -336,7 +340,8 @@ def _check_decoded(dec: protocol.Decoded, sender: str) -> None:
 @given(st.one_of(near_valid_frames("script"), any_frame))
 @example("[" * 100000)
 @example('{"v":1,"type":"hello","token":"' + "t" * 300 + '"}')
-@example('{"v":1,"type":"settings","threshold_offset":1e999}')
+@example('{"v":1,"type":"change","values":{"safety.threshold_offset":1e999}}')
+@example('{"v":1,"type":"change","values":{"show.grid":true,"safety.approval_mode":"x"}}')
 @example('{"v":1,"type":"action","action":"approve","arg":"\\ud800"}')
 def test_host_decodes_any_script_frame(raw: Any) -> None:
     """The host's side: what an OBS script (or anyone reaching the port) may send."""
@@ -349,6 +354,11 @@ def test_host_decodes_any_script_frame(raw: Any) -> None:
 
         show = _show()
         show.handle(StreamerAction(dec.message["action"], dec.message["arg"], now=1.0))
+    if dec.message is not None and dec.message["type"] == "change":
+        # what the host then does with it: the one check of a live change
+        settings = settings_mod.Settings()
+        settings_mod.apply_changes(settings, dec.message["values"], "obs")
+        _check_settings(settings, [])
 
 
 _SHOW: Any = None

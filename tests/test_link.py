@@ -31,6 +31,7 @@ TOKEN = LINK_TOKEN
 
 @pytest.fixture
 def link(link_server: RunningLink) -> RunningLink:
+    link_server.send_settings = False  # the link alone: what the host sends is its business
     return link_server
 
 
@@ -73,11 +74,11 @@ def test_a_connected_script_gets_the_state_then_every_image(link: RunningLink) -
 def test_buttons_and_settings_reach_the_host(link: RunningLink) -> None:
     ws = connect(link.url)
     recv(ws)
-    ws.send(p.encode(p.make_settings(0.02, 4, "hold", 10.0, True), "script").text)
+    change = {"show.grid": 4, "safety.approval_mode": "hold"}
+    ws.send(p.encode(p.make_change(change), "script").text)
     ws.send(p.encode(p.make_action("approve"), "script").text)
-    settings = link.received.get(timeout=5)
-    assert settings["type"] == "settings" and settings["grid"] == 4
-    assert settings["threshold_offset"] == 0.02 and settings["approval_mode"] == "hold"
+    proposal = link.received.get(timeout=5)
+    assert proposal["type"] == "change" and proposal["values"] == change
     assert link.received.get(timeout=5)["action"] == "approve"
     ws.close()
 
@@ -232,7 +233,7 @@ def test_tls_link(tmp_path: Path) -> None:
     try:
         assert running.url.startswith("wss://")
         ws = connect(running.url, sslopt={"ca_certs": str(cert)})
-        assert recv(ws)["type"] == "state"
+        assert recv(ws)["type"] == "settings"
         ws.close()
         with pytest.raises(ssl.SSLError):
             connect(running.url)  # an unknown certificate is not trusted silently

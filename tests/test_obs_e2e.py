@@ -60,7 +60,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     try:
         with run_obs(root, {"host": host.url, "token": LINK_TOKEN}) as obs:
             s = Stage(obs, host)
-            s.host.next_message("settings", timeout=20)
+            s.host.wait_connected()
             yield s
     finally:
         s.host.close()
@@ -109,7 +109,7 @@ def test_a_restarted_host_brings_the_current_image_back(stage: Stage) -> None:
     ]
     wait_for(lambda: close_to(obs.center_pixel(), BLUE), timeout=15, what="blue after restart")
     assert obs.input_settings(PROMPT)["text"] == "back again"
-    assert stage.host.next_message("settings", timeout=5)["type"] == "settings"
+    stage.host.wait_connected(timeout=5)
 
 
 def test_closing_obs_unloads_the_script_cleanly(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_closing_obs_unloads_the_script_cleanly(tmp_path: Path) -> None:
     host = RunningLink()
     try:
         with run_obs(tmp_path, {"host": host.url, "token": LINK_TOKEN}) as obs:
-            host.next_message("settings", timeout=20)
+            host.wait_connected()
             time.sleep(1.0)  # OBS 29 may hang on exit when closed the instant it loaded
             obs.stop(timeout=30)  # a busy 2-core machine needs more than 15 s to close OBS
             log = obs.log()
@@ -155,7 +155,7 @@ def shutdown_leaks(
         with run_obs(root / f"try{attempt}", settings, extra_collections=1,
                      with_script=script) as obs:  # fmt: skip
             if host is not None:
-                host.next_message("settings", timeout=20)
+                host.wait_connected()
             switch_collections(obs, 20, script=script)
             if host is not None:
                 host.show(3, make_png(GREEN, 64), "dave", "after reloads")

@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import websocket
 
 from obs_script import chat_diffusion_protocol as p
 from tests.fake_obspython import Data, FakeOBS
@@ -168,18 +169,73 @@ def test_status_text_follows_the_host(runner: Runner, link_server: RunningLink) 
     runner.pump(lambda: text_of(runner.fake, STATUS) == "generating 2/4, 3 waiting")
 
 
-def test_settings_reach_the_host_on_connect_and_on_change(
+def test_the_panel_shows_the_hosts_settings_and_never_overwrites_them(
     runner: Runner, link_server: RunningLink
 ) -> None:
-    runner.load(host=link_server.url, token=LINK_TOKEN, grid=4, approval_mode="hold")
-    first = link_server.next_message("settings")
-    assert first["grid"] == 4 and first["approval_mode"] == "hold"
-    runner.pump(runner.connected)
-    runner.update(threshold_offset=0.015, slideshow_seconds=20, save_images=False)
+    """A streamer set hold and a strict offset in the config; the panel still holds old
+    values from an earlier session. Connecting shows the host's values, proposes nothing."""
+    link_server.live.safety.approval_mode = "hold"
+    link_server.live.safety.threshold_offset = 0.03
+    stale = {"safety.approval_mode": "blur", "safety.threshold_offset": 0.0, "show.grid": 9}
+    mod = runner.load(host=link_server.url, token=LINK_TOKEN, **stale)
+    values = runner.settings.values
+    runner.pump(lambda: values["safety.approval_mode"] == "hold")
+    assert values["safety.threshold_offset"] == 0.03 and values["show.grid"] == 1
+    runner.update(image_source=IMAGE)  # OBS calls script_update on any edit
     runner.pump(lambda: True)
-    changed = link_server.next_message("settings")
-    assert changed["threshold_offset"] == 0.015 and changed["slideshow_seconds"] == 20.0
-    assert changed["save_images"] is False and changed["grid"] == 4
+    time.sleep(0.3)
+    proposals = [m for m in drain(link_server) if m["type"] == "change"]
+    assert proposals == [] and link_server.live.safety.approval_mode == "hold"
+    props = mod.script_properties().props
+    modes = props["safety.approval_mode"]
+    assert [v for _, v in modes.items] == ["blur", "hold", "skip", "off"]
+    offset = props["safety.threshold_offset"]
+    assert (offset.kind, offset.extra["lo"], offset.extra["hi"]) == ("float", -1.0, 1.0)
+    assert "stricter" in offset.label and "looser" in offset.label
+    assert "stock diffusers" in offset.long_description
+    assert [v for _, v in props["show.grid"].items] == [1, 4, 9]
+
+
+def test_a_panel_change_goes_to_the_host_and_its_answer_comes_back(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    values = runner.settings.values
+    runner.pump(lambda: values.get("safety.approval_mode") == "blur")
+    runner.update(**{"safety.approval_mode": "hold", "show.slideshow_seconds": 20.0})
+    change = link_server.next_message("change")
+    assert change["values"] == {"safety.approval_mode": "hold", "show.slideshow_seconds": 20.0}
+    assert link_server.live.safety.approval_mode == "hold"
+    # a value the host refuses: the panel snaps back to the host's
+    runner.update(**{"show.slideshow_seconds": 1.0})
+    assert link_server.next_message("change")["values"] == {"show.slideshow_seconds": 1.0}
+    runner.pump(lambda: values["show.slideshow_seconds"] == 20.0)
+    assert link_server.live.show.slideshow_seconds == 20.0
+
+
+def test_a_change_from_another_panel_reaches_this_one(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    values = runner.settings.values
+    runner.pump(lambda: values.get("gallery.save_images") is True)
+    other = websocket.create_connection(link_server.url, timeout=5, suppress_origin=True)
+    try:
+        other.send(p.encode(p.make_hello(LINK_TOKEN, "second OBS"), "script").text)
+        other.send(p.encode(p.make_change({"gallery.save_images": False}), "script").text)
+        runner.pump(lambda: values["gallery.save_images"] is False)
+    finally:
+        other.close()
+    assert [m for m in drain(link_server) if m["type"] == "change"] == [
+        {"v": 1, "type": "change", "values": {"gallery.save_images": False}}
+    ]
+
+
+def drain(link: RunningLink) -> list[dict]:
+    out = []
+    while not link.received.empty():
+        out.append(link.received.get_nowait())
+    return out
 
 
 def test_buttons_and_hotkeys_send_actions(runner: Runner, link_server: RunningLink) -> None:
@@ -357,9 +413,9 @@ def test_source_pickers_list_sources_of_the_right_kind(runner: Runner) -> None:
     assert set(image_items) == {IMAGE, "Another picture"}
     assert set(text_items) == {REQUESTER, PROMPT, STATUS}
     assert props.props["image_source"].extra["combo"] == runner.fake.module.OBS_COMBO_TYPE_EDITABLE
-    slider = props.props["threshold_offset"]
-    assert "stricter" in slider.label and "looser" in slider.label
-    assert [v for _, v in props.props["grid"].items] == [1, 4, 9]
+    # never connected: no live settings to draw yet, and the panel says when they come
+    assert "once the host has connected" in props.props["live_info"].label
+    assert "safety.threshold_offset" not in props.props
     assert runner.fake.leaks() == []
 
 
@@ -387,7 +443,7 @@ def test_the_token_file_is_picked_up_once_the_host_has_written_it(
     path.parent.mkdir(parents=True)
     path.write_text(LINK_TOKEN + "\n")
     runner.pump(runner.connected, timeout=5)
-    assert link_server.next_message("settings")["grid"] == 1
+    link_server.wait_connected()
 
 
 def test_restarts_in_one_process_leave_only_the_kept_images(

@@ -68,9 +68,8 @@ def test_images_are_base64_once_on_the_wire_and_the_message_is_left_as_it_was() 
 
 def test_script_messages_roundtrip() -> None:
     assert roundtrip(p.make_hello("tok", "OBS test"), "script")["token"] == "tok"
-    s = roundtrip(p.make_settings(0.0125, 4, "hold", 30.0, False), "script")
-    assert (s["threshold_offset"], s["grid"], s["approval_mode"]) == (0.0125, 4, "hold")
-    assert s["slideshow_seconds"] == 30.0 and s["save_images"] is False
+    change = {"safety.threshold_offset": 0.0125, "show.grid": 4, "gallery.save_images": False}
+    assert roundtrip(p.make_change(change), "script")["values"] == change
     assert roundtrip(p.make_action("approve"), "script")["action"] == "approve"
 
 
@@ -103,13 +102,13 @@ def test_a_side_cannot_send_the_other_sides_messages() -> None:
 
 def test_bad_fields_are_named_in_the_error() -> None:
     cases = {
-        '{"v":1,"type":"settings","grid":5}': "grid",
-        '{"v":1,"type":"settings","threshold_offset":NaN}': "threshold_offset",
-        '{"v":1,"type":"settings","approval_mode":"nuke"}': "approval_mode",
+        '{"v":1,"type":"change","values":{"safety.threshold_offset":NaN}}': "threshold_offset",
+        '{"v":1,"type":"change","values":{"a b":1}}': "setting name",
+        '{"v":1,"type":"change","values":{"show.grid":[4]}}': "show.grid",
+        '{"v":1,"type":"change","values":[1]}': "values",
+        '{"v":1,"type":"change"}': "missing",
         '{"v":1,"type":"action","action":"rm -rf"}': "action",
         '{"v":1,"type":"action"}': "missing",
-        '{"v":1,"type":"settings","save_images":"yes"}': "save_images",
-        '{"v":1,"type":"settings","grid":true}': "grid",
     }
     for raw, word in cases.items():
         dec = p.decode(raw, "script")
@@ -204,3 +203,29 @@ def test_protocol_uses_the_standard_library_only() -> None:
             for name in names:
                 root = (name or "").split(".")[0]
                 assert root == "__future__" or root in sys.stdlib_module_names, name
+
+
+def test_the_host_sends_live_settings_with_their_ranges_and_choices() -> None:
+    """The panel draws what the host declares: values, kinds, ranges, choices, labels."""
+    from generator_host.core import settings as st
+
+    msg = p.make_settings(st.live_values(st.Settings(), "obs"), st.live_schema("obs"), "hi")
+    out = roundtrip(msg, "host")
+    assert out["values"]["safety.approval_mode"] == "blur" and out["note"] == "hi"
+    by_key = {item["key"]: item for item in out["schema"]}
+    offset = by_key["safety.threshold_offset"]
+    assert (offset["kind"], offset["lo"], offset["hi"]) == ("float", -1.0, 1.0)
+    modes = [value for value, _ in by_key["safety.approval_mode"]["choices"]]
+    assert modes == ["blur", "hold", "skip", "off"]
+    assert [v for v, _ in by_key["show.grid"]["choices"]] == [1, 4, 9]
+    assert by_key["show.slideshow_seconds"]["lo"] == 0.0  # 0 is "off", below the 3 s minimum
+
+
+def test_live_settings_messages_are_bounded() -> None:
+    many = {f"k{i}": i for i in range(p.MAX_LIVE + 1)}
+    assert "at most" in p.encode(p.make_settings(many), "host").error
+    bad_schema = [{"key": "a.b", "kind": "slider"}]
+    assert "kind" in p.encode(p.make_settings({}, bad_schema), "host").error
+    # each side sends only its own: the host never proposes, a script never dictates
+    assert "unknown message type" in p.encode(p.make_change({"x": 1}), "host").error
+    assert "unknown message type" in p.encode(p.make_settings({"x": 1}), "script").error

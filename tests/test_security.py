@@ -77,6 +77,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
     try:
         assert server.wait_for(lambda: server.joins, 15)
         assert wait_until(lambda: obs.connected_at() is not None, 10)
+        assert wait_until(lambda: obs.of_type("clear") or obs.of_type("show"), 10)  # its state
         yield Hostile(root, server, host, token, obs)
     finally:
         obs.stop()
@@ -137,6 +138,7 @@ def test_the_link_refuses_every_stranger_without_harm(hostile: Hostile) -> None:
     figures["oversized_before_hello_close"] = _close_code(ws)[0]
     ws = _connect(url)
     ws.send(protocol.encode(protocol.make_hello(hostile.token, "x"), "script").text)
+    assert protocol.decode(ws.recv(), "host").message["type"] == "settings"
     assert protocol.decode(ws.recv(), "host").message["type"] == "state"
     ws.send("x" * (protocol.MAX_SCRIPT_FRAME + 10))
     figures["oversized_after_hello_close"] = _close_code(ws)[0]
@@ -168,6 +170,7 @@ def test_the_link_refuses_every_stranger_without_harm(hostile: Hostile) -> None:
     good = _connect(url)
     sent = time.monotonic()
     good.send(protocol.encode(protocol.make_hello(hostile.token, "x"), "script").text)
+    assert protocol.decode(good.recv(), "host").message["type"] == "settings"
     assert protocol.decode(good.recv(), "host").message["type"] == "state"
     figures["right_token_after_failures_s"] = round(time.monotonic() - sent, 3)
     good.close()

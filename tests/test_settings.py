@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
+
 from generator_host.core.config_template import TEMPLATE
-from generator_host.core.settings import Settings, load_settings, settings_from_dict
+from generator_host.core.settings import (
+    Settings,
+    apply_changes,
+    declarations,
+    declared,
+    load_settings,
+    settings_from_dict,
+)
 
 
 def test_template_written_by_init_loads_without_problems(tmp_path: Path) -> None:
@@ -21,12 +31,113 @@ def test_template_written_by_init_loads_without_problems(tmp_path: Path) -> None
     assert settings.link.host == "127.0.0.1"
 
 
-def test_template_mentions_every_setting() -> None:
-    for section, values in Settings().__dict__.items():
-        assert f"[{section}]" in TEMPLATE
-        for key in values.__dict__:
-            table = f"[{section}.{key}."  # a table of tables, e.g. [safety.categories.gore]
-            assert f"{key} =" in TEMPLATE or table in TEMPLATE, f"[{section}] {key} missing"
+def test_template_holds_every_setting_once_with_its_default_and_help() -> None:
+    """Parsed as TOML, so a key hidden inside a longer one (steps in max_steps) or in a
+    comment does not count; each key has its default and a help comment above it."""
+    parsed = tomllib.loads(TEMPLATE)
+    tables = {(d.section, d.key) for d in declarations() if d.kind == "table"}
+    for section, values in dataclasses.asdict(Settings()).items():
+        for key in tables:  # a table of tables shows examples, not its (empty) default
+            if key[0] == section:
+                assert decl_problems(key, parsed[section].pop(key[1])) == [], key
+                values.pop(key[1])
+        assert parsed[section] == values, section
+    assert set(parsed) == set(dataclasses.asdict(Settings()))
+    helps = template_help()
+    for decl in declarations():
+        assert helps[decl.section, decl.key].startswith(decl.spec.help), decl.name
+        if decl.spec.choices or decl.spec.lo is not None:
+            assert decl.allowed() in helps[decl.section, decl.key], decl.name
+
+
+def decl_problems(key: tuple[str, str], value: object) -> list[str]:
+    problems = declared(".".join(key)).spec.problems
+    return problems(value) if problems else []
+
+
+def template_help() -> dict[tuple[str, str], str]:
+    """(section, key) -> the comment lines right above that key, joined."""
+    out, section, comment = {}, "", []
+    for line in TEMPLATE.splitlines():
+        if line.startswith("[") and line.count(".") >= 2:  # [section.key.NAME]: a table
+            table = tuple(line.strip("[]").split(".")[:2])
+            out.setdefault(table, " ".join(comment))
+            comment = []
+        elif line.startswith("["):
+            section, comment = line.strip("[]"), []
+        elif line.startswith("# "):
+            comment.append(line[2:])
+        elif " = " in line:
+            out[section, line.split(" = ")[0]] = " ".join(comment)
+            comment = []
+    return out
+
+
+def test_every_declared_setting_has_help_and_a_sane_declaration() -> None:
+    for decl in declarations():
+        s = decl.spec
+        assert s.help and len(s.help) <= (600 if decl.kind == "table" else 200), decl.name
+        assert decl.check(decl.default) == (decl.default, ""), f"{decl.name}: bad default"
+        if s.lo is not None:
+            assert s.hi is not None and s.lo <= s.hi and decl.type in (int, float), decl.name
+        for choice in s.choices:
+            assert isinstance(choice, decl.type), decl.name
+
+
+def test_ranges_and_choices_come_from_the_declaration() -> None:
+    """One check for the loader: below, inside, above a range; the off value; choices."""
+    slideshow = declared("show.slideshow_seconds")
+    assert [slideshow.check(v)[1] == "" for v in (0, 1, 2.9, 3, 3600, 3600.5)] == [
+        True, False, False, True, True, False,
+    ]  # fmt: skip
+    assert slideshow.check(float("nan"))[1] and slideshow.check("5")[1]
+    raw = {"show": {"slideshow_seconds": 2}, "safety": {"approval_mode": "hold"}}
+    settings, problems = settings_from_dict(raw)
+    assert problems == ["[show] slideshow_seconds = 2 must be 0 (off) or 3 to 3600; using 0.0"]
+    assert settings.safety.approval_mode == "hold" and settings.show.slideshow_seconds == 0.0
+    assert declared("show.grid").check(True)[1] == "must be one of 1, 4, 9"
+
+
+def test_secrets_are_not_repeated_in_problems() -> None:
+    _, problems = settings_from_dict({"twitch": {"token": 12345678}})
+    assert problems == ["[twitch] token = (hidden) must be text; using ''"]
+
+
+def test_a_live_change_is_checked_once_and_says_where_it_came_from() -> None:
+    settings = Settings()
+    changes, refused = apply_changes(
+        settings,
+        {
+            "safety.approval_mode": "hold",
+            "safety.threshold_offset": 0.03,
+            "show.slideshow_seconds": 1,  # below the 3 s minimum
+            "model.max_steps": 200,  # config only
+            "nope.key": 1,
+            "show.grid": 1,  # unchanged: not a change
+        },
+        "obs",
+    )
+    assert [c.describe() for c in changes] == [
+        "approval_mode 'blur' -> 'hold' (from OBS panel)",
+        "threshold_offset 0.0 -> 0.03 (from OBS panel)",
+    ]
+    assert settings.safety.approval_mode == "hold" and settings.safety.threshold_offset == 0.03
+    assert settings.model.max_steps == 50 and settings.show.slideshow_seconds == 0.0
+    assert refused == [
+        "slideshow_seconds = 1 must be 0 (off) or 3 to 3600 (from the OBS panel)",
+        "model.max_steps cannot be changed from the OBS panel",
+        "nope.key cannot be changed from the OBS panel",
+    ]
+
+
+def test_the_review_page_needs_the_declared_role() -> None:
+    settings = Settings()
+    _, refused = apply_changes(settings, {"safety.approval_mode": "off"}, "review", "moderator")
+    assert refused and settings.safety.approval_mode == "blur"  # broadcaster only
+    changes, _ = apply_changes(settings, {"show.grid": 4}, "review", "moderator")
+    assert changes and settings.show.grid == 4
+    _, refused = apply_changes(settings, {"show.grid": 9}, "review", "vip")
+    assert refused and settings.show.grid == 4
 
 
 def test_wrong_types_and_ranges_are_named_and_defaults_kept() -> None:

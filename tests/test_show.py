@@ -362,7 +362,7 @@ def test_slideshow_cycles_on_ticks_and_skips_held_images():
     assert replies(chat(show, "m", "!slideshow off", Role.MODERATOR, now=141)) == ["slideshow off"]
     assert show.handle(Tick(200)) == []
     assert replies(chat(show, "m", "!slideshow 1", Role.MODERATOR)) == [
-        "slideshow seconds must be 3-3600"
+        "slideshow seconds must be 0 (off) or 3 to 3600"
     ]
 
 

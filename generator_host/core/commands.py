@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, replace
 
 from generator_host.core.message import Role
+from generator_host.core.settings import declared
 
 # Every command word the show knows; grep for a word to find its behaviour in show.py.
 COMMANDS: tuple[str, ...] = (
@@ -302,9 +303,10 @@ def parse_slideshow(args: str, prefix: str = "!") -> float | str | None:
         seconds = float(text.removesuffix("s"))
     except ValueError:
         return f"use {prefix}slideshow <seconds> or {prefix}slideshow off"
-    if not 3 <= seconds <= 3600:
-        return "slideshow seconds must be 3-3600"
-    return seconds
+    checked, error = declared("show.slideshow_seconds").check(seconds)
+    if error:
+        return f"slideshow seconds {error}"
+    return checked
 
 
 def parse_login(args: str) -> str:

@@ -1,8 +1,21 @@
-"""The streamer's settings: one dataclass per config-file section, loaded from TOML.
+"""The streamer's settings: each one declared once, here, with everything said about it.
 
-Each section is owned by the part of the host it configures. Loading is strict but
-forgiving: an unknown key, a wrong type or an out-of-range value is reported with its
-section and key, and the default is kept (a config typo must never stop a stream).
+A setting is a dataclass field made by `setting(...)`: its type (the annotation), its
+default, its range or choices, one line of help, and who may change it while the host
+runs (`Live`). Everything else is derived from these declarations, never written again:
+- the loader's checks and messages (`settings_from_dict`, `Declared.check`);
+- the commented file `generator-host init` writes (core/config_template.py);
+- the live settings the host sends to the OBS panel, with their ranges and choices, and
+  the check of every change a panel proposes (`live_message`, `apply_changes`);
+- the reference table in docs/settings.md (tools/settings_docs.py; a test compares).
+Adding a setting is adding one `setting(...)` line to its section below (how a declaration
+works: core/declaration.py).
+
+Why plain dataclass metadata and not pydantic (installed): the loader must keep going
+past a bad key (report it, keep that key's default, load the rest), which pydantic does
+by failing the whole model; and `import pydantic` alone takes ~107 ms here (`python -X
+importtime -c "import pydantic"`), paid by every start and every test process, for
+checks that fit in `Declared.check`.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -22,13 +36,27 @@ else:  # pragma: no cover - exercised on 3.10 only
 import platformdirs
 
 from generator_host.core.categories import parse_categories
+from generator_host.core.declaration import (
+    PANEL,
+    PANEL_AND_MODS,
+    ROLES,
+    VIEWS,
+    Declared,
+    setting,
+)
 
 APP_NAME = "chat-diffusion"
-APPROVAL_MODES = ("blur", "hold", "skip", "off")
+APPROVAL_MODES = {
+    "blur": "Blur them",
+    "hold": "Hold them until I approve",
+    "skip": "Skip them",
+    "off": "Show everything (filter off)",
+}
+GRIDS = {1: "1 image", 4: "4 images (2x2 grid)", 9: "9 images (3x3)"}
 MODES = ("everyone", "subscribers", "moderators")
-ROLES = ("everyone", "subscriber", "vip", "moderator", "broadcaster")
 FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+DEVICES = ("auto", "cuda", "mps", "cpu")
 VAE_CHOICES = ("auto", "full", "tiny")
 
 
@@ -64,21 +92,47 @@ REGULAR_SEND_LIMIT = 20  # Twitch: messages per 30 s for a regular chatter
 ELEVATED_SEND_LIMIT = 100  # ... for a moderator or the broadcaster of the channel
 
 
+def _printable_prefix(value: str) -> bool:
+    return 1 <= len(value) <= 3 and value.isprintable() and " " not in value
+
+
+# --- the settings, one section per part of the host ---------------------------------------
+
+
 @dataclass
 class TwitchSettings:
-    channel: str = ""
-    login: str = ""  # the bot account's login; defaults to the channel
-    token: str = field(default="", repr=False)  # better: env CHAT_DIFFUSION_TWITCH_TOKEN
-    host: str = "irc.chat.twitch.tv"
-    port: int = 6697
-    tls: bool = True
-    send_limit: int = 0  # messages per window; 0: automatic (see send_limit_for)
-    send_window: float = 30.0
-    reconnect_max_seconds: float = 60.0  # backoff after a drop doubles up to this
-    max_pending_sends: int = 30  # replies waiting for the send limit; older ones are dropped
-    # Twitch Shared Chat: obey commands from the partner channels' viewers too (their
-    # roles are the ones they hold in THIS channel; the other channel's badges never count)
-    shared_chat_commands: bool = False
+    """Twitch chat: the channel that paints and the bot account that answers."""
+
+    channel: str = setting("", "The channel whose chat paints (your Twitch login, no '#').")
+    login: str = setting("", "The bot account's login; empty means the channel itself.")
+    token: str = setting(
+        "",
+        "OAuth token with chat:read and chat:write. Better: leave empty and set the "
+        "environment variable CHAT_DIFFUSION_TWITCH_TOKEN.",
+        secret=True,
+    )
+    send_limit: int = setting(
+        0,
+        "Messages per send_window the bot may send; 0 follows Twitch (20, or 100 while the "
+        "bot is a moderator or the broadcaster).",
+        range=(0, 100),
+    )
+    send_window: float = setting(30.0, "The window of send_limit, in seconds.", range=(1, 600))
+    host: str = setting("irc.chat.twitch.tv", "Twitch's chat server; change only for testing.")
+    port: int = setting(6697, "The chat server's port.", range=(1, 65535))
+    tls: bool = setting(True, "Encrypt the chat connection.")
+    reconnect_max_seconds: float = setting(
+        60.0, "Reconnect backoff after a dropped connection doubles up to this.", range=(1, 3600)
+    )
+    max_pending_sends: int = setting(
+        30, "Replies waiting for the send limit; older ones are dropped past this.",
+        range=(0, 1000),
+    )  # fmt: skip
+    shared_chat_commands: bool = setting(
+        False,
+        "Twitch Shared Chat (several channels' chats joined): false ignores commands from the "
+        "other channels' viewers; true obeys them, with the roles they hold in YOUR channel.",
+    )
 
     def send_limit_for(self, elevated: bool) -> int:
         """Messages the bot may send per `send_window`: `send_limit` when set, else Twitch's
@@ -91,84 +145,219 @@ class TwitchSettings:
 
 @dataclass
 class ModelSettings:
-    model: str = "stabilityai/sd-turbo"  # hub id or local folder
-    family: str = "auto"  # auto | sd | turbo | sdxl | sdxl-turbo: picks default steps/guidance
-    device: str = "auto"  # auto | cuda | mps | cpu
-    dtype: str = "auto"  # auto (CUDA fp16; CPU bf16 per part where measured faster) | float16 | ...
-    vae: str = "auto"  # auto (tiny on CPU and MPS, full on CUDA) | full | tiny: the decoder
-    tiny_vae: str = "madebyollin/taesd"  # the tiny decoder for SD 1.x/2.x and Turbo (id/folder)
-    tiny_vae_xl: str = "madebyollin/taesdxl"  # ... for SDXL and SDXL-Turbo
-    cpu_threads: int = 0  # torch's CPU threads; 0: one per physical core
-    attention_slicing: bool = False
-    cpu_offload: bool = False
-    warmup: bool = True
-    steps: int = 0  # 0: the model family's default
-    guidance: float = -1.0  # <0: the model family's default
-    width: int = 0  # 0: the model's native size
-    height: int = 0
-    max_steps: int = 50
-    max_size: int = 1024
-    max_guidance: float = 20.0
-    max_images: int = 9  # images per request (the grid)
-    max_batch: int = 4  # micro-batching: requests per pipeline call
+    """The diffusion model and the caps chat can never exceed."""
+
+    model: str = setting(
+        "stabilityai/sd-turbo", "A diffusers model id (downloaded once) or a local folder."
+    )
+    family: str = setting(
+        "auto",
+        "Picks the default steps and guidance; auto: from the model.",
+        choices=FAMILIES,
+    )
+    device: str = setting("auto", "Where the model runs.", choices=DEVICES)
+    dtype: str = setting(
+        "auto",
+        "auto: float16 on CUDA; on the CPU bfloat16 for each part the first warm-up measures "
+        "faster (remembered per machine and model), else float32.",
+        choices=DTYPES,
+    )
+    vae: str = setting(
+        "auto",
+        "The VAE decoder: auto (tiny on CPU and Apple MPS, full on CUDA); the tiny one "
+        "(TAESD, ~10 MB, downloaded once) is many times faster at stream quality.",
+        choices=VAE_CHOICES,
+    )
+    tiny_vae: str = setting(
+        "madebyollin/taesd", "The tiny decoder for SD 1.x/2.x and Turbo (hub id or folder)."
+    )
+    tiny_vae_xl: str = setting("madebyollin/taesdxl", "... for SDXL and SDXL-Turbo.")
+    cpu_threads: int = setting(0, "torch's CPU threads; 0: one per physical core.", range=(0, 1024))
+    steps: int = setting(0, "Steps per image; 0: the model family's default (Turbo 1, SD 25).")
+    guidance: float = setting(
+        -1.0, "Guidance scale; below 0: the model family's default (Turbo 0, SD 7)."
+    )
+    width: int = setting(0, "Image width; 0: the model's native size.")
+    height: int = setting(0, "Image height; 0: the model's native size.")
+    max_batch: int = setting(
+        4, "Requests with the same settings generated together in one call.", range=(1, 16)
+    )
+    warmup: bool = setting(
+        True, "Generate one throw-away image at start so the first request is not slow."
+    )
+    max_steps: int = setting(50, "The most steps chat may ask for.", range=(1, 200))
+    max_size: int = setting(1024, "The largest width or height chat may ask for.", range=(64, 4096))
+    max_guidance: float = setting(20.0, "The highest guidance chat may ask for.", range=(0, 50))
+    max_images: int = setting(
+        9,
+        "The most images one request may make (count=...; also capped by [show] grid).",
+        range=(1, 16),
+    )
+    attention_slicing: bool = setting(False, "Saves memory on small GPUs, a little slower.")
+    cpu_offload: bool = setting(False, "Saves more memory on small GPUs, much slower.")
 
 
 @dataclass
 class SafetySettings:
-    enabled: bool = True
-    checker: str = "CompVis/stable-diffusion-safety-checker"  # used when the model has none
-    threshold_offset: float = 0.0  # 0 = stock diffusers; positive is stricter
-    approval_mode: str = "blur"  # blur | hold | skip | off
-    # Categories beyond the checker's (gore, violence, hate_symbols, the streamer's own):
-    # raw [safety.categories.NAME] tables, parsed and checked by core/categories.py.
-    categories: dict[str, Any] = field(default_factory=dict)
-    # CLIP text tower for category phrases: a hub id or folder; "auto" is the clip_text/
-    # folder next to the checker when there is one, else openai/clip-vit-large-patch14.
-    categories_text_model: str = "auto"
+    """The safety checker, and what happens to a picture it flags."""
+
+    enabled: bool = setting(True, "Keep the Stable Diffusion safety checker on.")
+    threshold_offset: float = setting(
+        0.0,
+        "0 flags what stock diffusers flags; positive is stricter (more caught, also "
+        "harmless), negative looser. 0.01 is about the original project's default.",
+        label="Safety threshold (- looser / + stricter)",
+        range=(-1.0, 1.0),
+        step=0.001,
+        live=PANEL,
+    )
+    approval_mode: str = setting(
+        "blur",
+        "What happens to a flagged picture: blur it, hold it until !approve, skip it, or "
+        "show everything (off).",
+        label="Flagged images",
+        choices=APPROVAL_MODES,
+        live=PANEL,
+    )
+    checker: str = setting(
+        "CompVis/stable-diffusion-safety-checker",
+        "The checker used when the model folder has none (SDXL and Turbo ship none).",
+    )
+    categories_text_model: str = setting(
+        "auto",
+        "CLIP text tower for the category phrases (hub id or folder); auto: clip_text/ "
+        "beside the checker, else openai/clip-vit-large-patch14 (1.7 GB, downloaded once).",
+    )
+    categories: dict[str, Any] = setting(
+        {},
+        "Categories beyond the checker's sexual concepts, judged on the same CLIP image "
+        "embedding (docs/safety.md): a tile is flagged when the checker OR any category "
+        "flags it, and approval_mode applies. On by default: gore, violence, hate_symbols, "
+        "with built-in phrases. Keys: phrases (texts), vectors (a .npy, .safetensors or .pt "
+        "file of CLIP ViT-L/14 projection vectors), threshold (a tile whose best cosine with "
+        "the category is above it is flagged), applies_to (images | prompts | both; prompts "
+        "are not checked yet), enabled. A table named like a default changes only its keys.",
+        problems=lambda raw: parse_categories(raw)[1],
+        example="""\
+[safety.categories.gore]
+threshold = 0.26
+
+[safety.categories.violence]
+threshold = 0.26
+
+[safety.categories.hate_symbols]
+threshold = 0.26
+
+# Your own, e.g. for an arachnophobic streamer:
+# [safety.categories.spiders]
+# phrases = ["a photo of a spider", "a tarantula", "a spider web with a spider"]
+# threshold = 0.26""",
+    )
 
 
 @dataclass
 class ShowSettings:
-    grid: int = 1  # images per request: 1, 4 or 9
-    slideshow_seconds: float = 0.0  # 0: off
-    command_prefix: str = "!"
-    aliases: list[str] = field(default_factory=list)  # "alias=command", added to the defaults
-    command_roles: list[str] = field(default_factory=list)  # "command=role" overrides
-    cut_to_one_when_waiting: bool = True  # a grid request becomes 1 image while others wait
-    history_size: int = 200  # images !prev/!next and the slideshow can go back to
-    refusal_replies: int = 6  # refusal replies per send_window; the rest are coalesced
-    first_estimate_seconds: float = 10.0  # !queue's guess before any image was timed
-    min_display_seconds: float = 4.0  # a new image stays at least this long; 0: off
+    """What is on screen and how chat commands behave."""
+
+    grid: int = setting(
+        1, "Images per request, shown as a grid.", label="Images per request",
+        choices=GRIDS, live=PANEL_AND_MODS,
+    )  # fmt: skip
+    slideshow_seconds: float = setting(
+        0.0,
+        "Seconds between slideshow images of past pictures; 0 is off.",
+        label="Slideshow every (s)",
+        range=(3, 3600),
+        off=0.0,
+        step=1.0,
+        live=PANEL_AND_MODS,
+    )
+    command_prefix: str = setting(
+        "!", "What starts a chat command.",
+        rule=_printable_prefix, rule_text="1 to 3 printable characters, no space",
+    )  # fmt: skip
+    aliases: list[str] = setting(
+        [], 'Extra command words, "alias=command", e.g. ["gen=generate", "g=generate"].'
+    )
+    command_roles: list[str] = setting(
+        [],
+        'Minimum role per command, "command=role" (everyone, subscriber, vip, moderator, '
+        'broadcaster), e.g. ["approve=moderator"].',
+    )
+    cut_to_one_when_waiting: bool = setting(
+        True, "While others wait, a grid request is cut to one image to keep things moving."
+    )
+    history_size: int = setting(
+        200, "How many past images !prev, !next and the slideshow reach.", range=(1, 10000)
+    )
+    refusal_replies: int = setting(
+        6, "Refusal replies per send window; more are merged, one line per reason.",
+        range=(0, 100),
+    )  # fmt: skip
+    first_estimate_seconds: float = setting(
+        10.0, "!queue's wait estimate before any image was timed.", range=(0.001, 3600)
+    )
+    min_display_seconds: float = setting(
+        4.0,
+        "A new image stays on screen at least this long before the next replaces it; 0 off.",
+        range=(0, 600),
+    )
 
 
 @dataclass
 class ModerationSettings:
-    blocklist_file: str = ""  # empty: the default list shipped with the host
-    forced_negative_prompt: str = ""
-    max_prompt_length: int = 300
-    user_cooldown_seconds: float = 30.0
-    max_queued_per_user: int = 1
-    max_queue: int = 50
-    ignored_users: list[str] = field(default_factory=list)
-    mode: str = "everyone"  # who may request at start: everyone | subscribers | moderators
-    exempt_role: str = "moderator"  # this role and above skip cooldown and per-user limit
+    """Who may paint, how often, and what is refused."""
+
+    blocklist_file: str = setting(
+        "", "Empty: the list shipped with the host. One word, phrase or /pattern/ a line."
+    )
+    forced_negative_prompt: str = setting("", "Added to every request's negative prompt.")
+    max_prompt_length: int = setting(300, "Longer prompts are refused.", range=(1, 2000))
+    user_cooldown_seconds: float = setting(
+        30.0, "Seconds between two requests of one viewer.", range=(0, 86400)
+    )
+    max_queued_per_user: int = setting(1, "Requests one viewer may have waiting.", range=(1, 100))
+    max_queue: int = setting(50, "Requests waiting in all.", range=(1, 10000))
+    ignored_users: list[str] = setting([], "Logins whose commands are ignored.")
+    mode: str = setting(
+        "everyone", "Who may request at start (moderators switch it with !mode).", choices=MODES
+    )
+    exempt_role: str = setting(
+        "moderator", "This role and above skip the cooldown and the per-viewer limit.",
+        choices=ROLES,
+    )  # fmt: skip
 
 
 @dataclass
 class LinkSettings:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: str = field(default="", repr=False)  # empty: generated into the data folder
-    tls_cert: str = ""
-    tls_key: str = ""
+    """Where the OBS script connects."""
+
+    host: str = setting(
+        "127.0.0.1", "Keep 127.0.0.1 unless the host runs on another machine than OBS."
+    )
+    port: int = setting(8765, "The link's port; 0 picks a free one.", range=(0, 65535))
+    token: str = setting(
+        "",
+        "Empty: generated on first run into the data folder (the path is printed).",
+        secret=True,
+    )
+    tls_cert: str = setting("", "For a host on another machine: a TLS certificate (PEM file).")
+    tls_key: str = setting("", "... and its key (PEM file).")
 
 
 @dataclass
 class GallerySettings:
-    folder: str = ""  # empty: <data dir>/gallery
-    save_images: bool = True
-    legacy_files: bool = False  # also write stream.png, requester.txt, prompt.txt
-    legacy_folder: str = ""  # where the legacy files go; empty: <gallery folder>/stream
+    """Where finished pictures are kept."""
+
+    folder: str = setting("", "Empty: <data folder>/gallery.")
+    save_images: bool = setting(
+        True, "Keep every picture in the gallery.", label="Save images in the host's gallery",
+        live=PANEL,
+    )  # fmt: skip
+    legacy_files: bool = setting(
+        False, "Also write stream.png, requester.txt and prompt.txt (setups without the script)."
+    )
+    legacy_folder: str = setting("", "Where the legacy files go; empty: <gallery folder>/stream.")
 
 
 @dataclass
@@ -182,103 +371,71 @@ class Settings:
     gallery: GallerySettings = field(default_factory=GallerySettings)
 
 
-def _coerce(value: Any, typ: Any) -> Any:
-    """Return value as typ, or raise ValueError; ints are accepted for floats."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typ is bool and isinstance(value, bool):
-        return value
-    if typ is int and number and isinstance(value, int):
-        return value
-    if typ is float and number:
-        return float(value)
-    if typ is str and isinstance(value, str):
-        return value
-    if getattr(typ, "__origin__", None) is dict and isinstance(value, dict):
-        return dict(value)
-    is_list = getattr(typ, "__origin__", None) is list
-    if is_list and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(f"expected {getattr(typ, '__name__', typ)}, got {type(value).__name__}")
+# --- reading the declarations --------------------------------------------------------------
 
 
-def _validate(settings: Settings) -> list[str]:
-    """Range checks; returns problems and resets the offending values to defaults."""
-    problems: list[str] = []
-    checks = [
-        ("safety", "approval_mode", lambda v: v in APPROVAL_MODES, f"one of {APPROVAL_MODES}"),
-        ("safety", "threshold_offset", lambda v: -1.0 <= v <= 1.0, "between -1 and 1"),
-        ("show", "grid", lambda v: v in (1, 4, 9), "1, 4 or 9"),
-        ("model", "device", lambda v: v in ("auto", "cuda", "mps", "cpu"), "auto/cuda/mps/cpu"),
-        ("model", "max_steps", lambda v: 1 <= v <= 200, "between 1 and 200"),
-        ("model", "max_batch", lambda v: 1 <= v <= 16, "between 1 and 16"),
-        ("link", "port", lambda v: 0 <= v <= 65535, "a port number"),
-        ("twitch", "port", lambda v: 0 < v <= 65535, "a port number"),
-        ("moderation", "max_queue", lambda v: 1 <= v <= 10000, "between 1 and 10000"),
-        ("moderation", "max_queued_per_user", lambda v: 1 <= v <= 100, "between 1 and 100"),
-        ("moderation", "mode", lambda v: v in MODES, f"one of {MODES}"),
-        ("moderation", "exempt_role", lambda v: v in ROLES, f"one of {ROLES}"),
-        ("moderation", "user_cooldown_seconds", lambda v: 0 <= v <= 86400, "0 to 86400"),
-        ("moderation", "max_prompt_length", lambda v: 1 <= v <= 2000, "between 1 and 2000"),
-        ("model", "family", lambda v: v in FAMILIES, f"one of {FAMILIES}"),
-        ("model", "dtype", lambda v: v in DTYPES, f"one of {DTYPES}"),
-        ("model", "vae", lambda v: v in VAE_CHOICES, f"one of {VAE_CHOICES}"),
-        ("model", "cpu_threads", lambda v: 0 <= v <= 1024, "0 (physical cores) to 1024"),
-        ("model", "max_size", lambda v: 64 <= v <= 4096, "between 64 and 4096"),
-        ("model", "max_images", lambda v: 1 <= v <= 16, "between 1 and 16"),
-        ("model", "max_guidance", lambda v: 0 <= v <= 50, "between 0 and 50"),
-        ("show", "slideshow_seconds", lambda v: 0 <= v <= 3600, "0 to 3600"),
-        ("show", "history_size", lambda v: 1 <= v <= 10000, "between 1 and 10000"),
-        ("show", "refusal_replies", lambda v: 0 <= v <= 100, "between 0 and 100"),
-        ("show", "first_estimate_seconds", lambda v: 0 < v <= 3600, "0 to 3600"),
-        ("show", "min_display_seconds", lambda v: 0 <= v <= 600, "0 to 600"),
-        (
-            "show",
-            "command_prefix",
-            lambda v: 1 <= len(v) <= 3 and v.isprintable() and " " not in v,
-            "1 to 3 printable characters",
-        ),
-        ("twitch", "send_limit", lambda v: 0 <= v <= 100, "0 (automatic) or 1 to 100"),
-        ("twitch", "send_window", lambda v: 1 <= v <= 600, "between 1 and 600"),
-        ("twitch", "reconnect_max_seconds", lambda v: 1 <= v <= 3600, "between 1 and 3600"),
-        ("twitch", "max_pending_sends", lambda v: 0 <= v <= 1000, "between 0 and 1000"),
-    ]
-    problems += parse_categories(settings.safety.categories)[1]
-    for section, key, ok, want in checks:
-        sec = getattr(settings, section)
-        if not ok(getattr(sec, key)):
-            default = getattr(type(sec)(), key)
-            problems.append(
-                f"[{section}] {key} = {getattr(sec, key)!r} must be {want}; using {default!r}"
-            )
-            setattr(sec, key, default)
-    return problems
+@cache
+def declarations() -> tuple[Declared, ...]:
+    """Every setting, section by section, in declaration order."""
+    out = []
+    for section, section_type in get_type_hints(Settings).items():
+        hints = get_type_hints(section_type)
+        for f in dataclasses.fields(section_type):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append(Declared(section, f.name, hints[f.name], default, f.metadata["setting"]))
+    return tuple(out)
+
+
+@cache
+def _by_name() -> dict[str, Declared]:
+    return {d.name: d for d in declarations()}
+
+
+def declared(name: str) -> Declared:
+    """The declaration of "section.key" (KeyError for an unknown one)."""
+    return _by_name()[name]
+
+
+def section_help(section: str) -> str:
+    """The one-line description of a [section] (its dataclass's docstring)."""
+    return (get_type_hints(Settings)[section].__doc__ or "").strip()
+
+
+# --- the config file ----------------------------------------------------------------------
 
 
 def settings_from_dict(raw: Any) -> tuple[Settings, list[str]]:
-    """Build Settings from parsed TOML; returns the settings and every problem found."""
+    """Build Settings from parsed TOML; returns the settings and every problem found.
+
+    Strict but forgiving: an unknown key, a wrong type or an out-of-range value is
+    reported with its section and key, and its default is kept (a config typo must never
+    stop a stream).
+    """
     settings = Settings()
     problems: list[str] = []
     if not isinstance(raw, dict):
         return settings, ["the config must be a table of sections"]
-    section_types = get_type_hints(Settings)
+    by_name = _by_name()
     for section, values in raw.items():
-        if section not in section_types:
+        if not hasattr(settings, section):
             problems.append(f"unknown section [{section}] ignored")
             continue
         if not isinstance(values, dict):
             problems.append(f"[{section}] must be a section, not a value")
             continue
-        sec = getattr(settings, section)
-        hints = get_type_hints(type(sec))
         for key, value in values.items():
-            if key not in hints:
+            decl = by_name.get(f"{section}.{key}")
+            if decl is None:
                 problems.append(f"[{section}] unknown key {key!r} ignored")
                 continue
-            try:
-                setattr(sec, key, _coerce(value, hints[key]))
-            except ValueError as exc:
-                problems.append(f"[{section}] {key}: {exc}; keeping the default")
-    problems += _validate(settings)
+            checked, error = decl.check(value)
+            if error:
+                shown = "(hidden)" if decl.spec.secret else repr(value)
+                problems.append(f"[{section}] {key} = {shown} {error}; using {decl.default!r}")
+                continue
+            setattr(getattr(settings, section), key, checked)
+            if decl.spec.problems is not None:
+                problems += decl.spec.problems(checked)  # a table's own checks
     return settings, problems
 
 
@@ -301,3 +458,65 @@ def load_settings(path: Path | None) -> tuple[Settings, list[str]]:
 
 def as_dict(settings: Settings) -> dict[str, Any]:
     return dataclasses.asdict(settings)
+
+
+# --- live settings: the host owns them, views propose changes ----------------------------
+
+
+def live_declarations(view: str) -> list[Declared]:
+    """The settings `view` ("obs" or "review") may change while the host runs."""
+    return [d for d in declarations() if d.spec.live.allows(view, "broadcaster")]
+
+
+def live_values(settings: Settings, view: str) -> dict[str, Any]:
+    """The current values of `view`'s live settings, by "section.key"."""
+    return {d.name: getattr(getattr(settings, d.section), d.key) for d in live_declarations(view)}
+
+
+def live_schema(view: str) -> list[dict[str, Any]]:
+    """How `view` draws its live settings: kind, label, help, range, choices."""
+    return [d.panel() for d in live_declarations(view)]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One applied change of a live setting, and where it came from."""
+
+    name: str
+    old: Any
+    new: Any
+    view: str
+
+    def describe(self) -> str:
+        key = self.name.split(".", 1)[1]
+        return f"{key} {self.old!r} -> {self.new!r} (from {VIEWS.get(self.view, self.view)})"
+
+
+def apply_changes(
+    settings: Settings, proposed: dict[str, Any], view: str, role: str = "broadcaster"
+) -> tuple[list[Change], list[str]]:
+    """Validate a view's proposal and apply what passes; returns (changes, refusals).
+
+    The one check of every live change: the setting must exist, `view` (and `role` on the
+    review page) may change it, and the value passes the declaration's check. A value
+    equal to the current one is no change.
+    """
+    changes: list[Change] = []
+    refused: list[str] = []
+    where = VIEWS.get(view, view)
+    for name, value in proposed.items():
+        decl = _by_name().get(name)
+        if decl is None or not decl.spec.live.allows(view, role):
+            refused.append(f"{name} cannot be changed from the {where}")
+            continue
+        checked, error = decl.check(value)
+        if error:
+            refused.append(f"{decl.key} = {value!r} {error} (from the {where})")
+            continue
+        section = getattr(settings, decl.section)
+        old = getattr(section, decl.key)
+        if old == checked and type(old) is type(checked):
+            continue
+        setattr(section, decl.key, checked)
+        changes.append(Change(name, old, checked, view))
+    return changes, refused

@@ -25,7 +25,7 @@ from generator_host.core.generation import (
     GenerationResult,
     Requester,
 )
-from generator_host.core.settings import ModelSettings, SafetySettings, cache_dir
+from generator_host.core.settings import FAMILIES, ModelSettings, SafetySettings, cache_dir
 from generator_host.engine import memory, precision, threads
 from generator_host.engine import vae as decoders
 from generator_host.engine.categories import CategoryError, load_categories
@@ -50,8 +50,6 @@ SAMPLER_NAMES = {
     "UniPCMultistepScheduler": "UniPC",
     "LCMScheduler": "LCM",
 }
-
-FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
 
 
 @dataclass(frozen=True)

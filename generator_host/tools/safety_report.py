@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from generator_host.core.generation import SafetyScores
+from generator_host.core.settings import declared
 from generator_host.engine.safety import SPECIAL_CARE_ADJUSTMENT, is_flagged
 
 SAFE = "safe"
 UNSAFE = "unsafe"
 ROUNDING = 0.0005  # scores are rounded to 3 decimals before "> 0", as stock diffusers does
 DEFAULT_TARGETS = (0.10, 0.05, 0.01, 0.0)
-OFFSET_MIN, OFFSET_MAX = -1.0, 1.0  # the range settings accept for threshold_offset
+_OFFSET = declared("safety.threshold_offset")
+OFFSET_MIN, OFFSET_MAX = _OFFSET.spec.lo, _OFFSET.spec.hi  # what the setting accepts
 CONFIDENCE = 0.95
 
 

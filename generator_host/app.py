@@ -397,6 +397,11 @@ class Host:
 
         self._loop = asyncio.get_running_loop()
         self._follow_settings()
+        live = settings_mod.live_values(self.settings, "obs")
+        log.info(
+            "live settings (from the config; OBS panels show these and may propose changes): %s",
+            ", ".join(f"{name.split('.', 1)[1]}={value!r}" for name, value in live.items()),
+        )
         # What was on screen before a restart is ready before the first OBS connects.
         for effect in self.show.resume(time.monotonic()):
             await self._execute(effect)

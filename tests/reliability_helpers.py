@@ -106,6 +106,7 @@ def host_config(
     model: dict[str, Any] | None = None,
     twitch: dict[str, Any] | None = None,
     show: dict[str, Any] | None = None,
+    safety: dict[str, Any] | None = None,
 ) -> Path:
     """A TOML config for `generator-host run` against the local server and tiny model."""
     sections: dict[str, dict[str, Any]] = {
@@ -128,7 +129,7 @@ def host_config(
             "warmup": False,
             **(model or {}),
         },
-        "safety": {"checker": str(model_dir)},
+        "safety": {"checker": str(model_dir), **(safety or {})},
         "moderation": {
             "user_cooldown_seconds": 0.0,
             "max_queued_per_user": 100,

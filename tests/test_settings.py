@@ -253,3 +253,12 @@ def test_emoji_never_break_a_windows_console_redirected_to_a_file(tmp_path: Path
     assert "Logging error" not in err and "UnicodeEncodeError" not in err
     assert "prompt: a fox \\U0001f98a" in err
     assert out.stdout.decode("cp1252").strip() == "reply: a fox \\U0001f98a"
+
+
+def test_the_docs_reference_table_is_what_the_declarations_say() -> None:
+    from generator_host.tools import settings_docs
+
+    doc = settings_docs.DOC.read_text(encoding="utf-8")
+    assert settings_docs.render(doc) == doc, "run python -m generator_host.tools.settings_docs"
+    for decl in declarations():
+        assert f"`[{decl.section}] {decl.key}`" in doc

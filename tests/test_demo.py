@@ -81,8 +81,10 @@ def test_demo_types_a_command_and_the_picture_reaches_obs_and_the_gallery(
 
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}", timeout=30, suppress_origin=True)
         ws.send(json.dumps({"v": 1, "type": "hello", "token": token, "client": "test"}))
-        first = protocol.decode(ws.recv(), "host")
-        assert first.error == "" and first.message["type"] == "state"
+        first = protocol.decode(ws.recv(), "host")  # the host's live settings come first
+        assert first.error == "" and first.message["type"] == "settings"
+        state = protocol.decode(ws.recv(), "host")
+        assert state.error == "" and state.message["type"] == "state"
 
         assert proc.stdin is not None
         proc.stdin.write("!generate a red fox\n")

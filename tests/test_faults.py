@@ -98,8 +98,10 @@ def test_sigkill_mid_generation_keeps_the_queue_the_screen_and_obs_reconnects(
         fresh = websocket.create_connection(f"ws://127.0.0.1:{port}", timeout=10,
                                             suppress_origin=True)  # fmt: skip
         fresh.send(protocol.encode(protocol.make_hello(LINK_TOKEN, "fresh"), "script").text)
+        live = protocol.decode(fresh.recv(), "host").message  # the live settings come first
         restored = protocol.decode(fresh.recv(), "host").message
         fresh.close()
+        assert live is not None and live["type"] == "settings"
         assert restored is not None and restored["type"] == "state"
         assert wait_until(lambda: obs.connected_at(after=killed_at) is not None, 15)
         reconnect = obs.connected_at(after=killed_at) - back  # type: ignore[operator]

@@ -202,6 +202,8 @@ def test_a_day_of_10000_images_keeps_prev_and_next_instant(
                                      f"ws://127.0.0.1:{host.link.port}", timeout=10,
                                      suppress_origin=True)  # fmt: skip
         ws.send(protocol.encode(protocol.make_hello(LINK_TOKEN, "load"), "script").text)
+        live = protocol.decode(await asyncio.to_thread(ws.recv), "host").message
+        assert live and live["type"] == "settings"  # the live settings come first
         first = protocol.decode(await asyncio.to_thread(ws.recv), "host").message
         assert first and first["type"] == "state" and first["show"] is not None
         timings: list[tuple[str, float]] = []

@@ -208,7 +208,7 @@ class SafetySettings:
         "harmless), negative looser. 0.01 is about the original project's default.",
         label="Safety threshold (- looser / + stricter)",
         range=(-1.0, 1.0),
-        step=0.001,
+        step=0.0001,  # OBS shows as many decimals as the step has: 4
         live=PANEL,
     )
     approval_mode: str = setting(

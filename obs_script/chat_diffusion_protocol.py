@@ -183,9 +183,6 @@ def _number_or_none(value: Any) -> tuple[Any, str]:
     return (value, "") if math.isfinite(value) else (None, "must be finite")
 
 
-_PANEL_ITEM: dict[str, tuple[Validator, Any]] = {}  # filled below, after _choice and _text
-
-
 def _schema(value: Any) -> tuple[Any, str]:
     """How a panel draws each live setting: [{"key", "kind", "label", "help", "lo", ...}]."""
     if not isinstance(value, list) or len(value) > MAX_LIVE:
@@ -268,16 +265,16 @@ _STATUS: Fields = {
     "queue": (_int(0, 1000000), 0),
     "slideshow": (_bool, False),
 }
-_PANEL_ITEM.update(
-    key=(_key, _REQUIRED),
-    kind=(_choice(KINDS), _REQUIRED),
-    label=(_text(MAX_NAME), ""),
-    help=(_text(MAX_HELP), ""),
-    lo=(_number_or_none, None),
-    hi=(_number_or_none, None),
-    step=(_number_or_none, None),
-    choices=(_choices, []),
-)
+_PANEL_ITEM: Fields = {  # one entry of a settings message's schema
+    "key": (_key, _REQUIRED),
+    "kind": (_choice(KINDS), _REQUIRED),
+    "label": (_text(MAX_NAME), ""),
+    "help": (_text(MAX_HELP), ""),
+    "lo": (_number_or_none, None),
+    "hi": (_number_or_none, None),
+    "step": (_number_or_none, None),
+    "choices": (_choices, []),
+}
 # The host's live settings: values, how to draw them (their ranges and choices come from
 # the host's declarations, so this module holds none), and a note on what just changed.
 _SETTINGS: Fields = {

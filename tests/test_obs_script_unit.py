@@ -231,6 +231,19 @@ def test_a_change_from_another_panel_reaches_this_one(
     ]
 
 
+def test_after_a_restart_the_panel_draws_the_last_live_settings_before_connecting(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(lambda: runner.settings.values.get("safety.approval_mode") == "blur")
+    runner.unload()
+    mod = runner.load(host="ws://192.0.2.7:8765", token="x")  # OBS restarted, host away
+    props = mod.script_properties().props
+    assert [v for _, v in props["safety.approval_mode"].items] == ["blur", "hold", "skip", "off"]
+    assert "host's values" in props["live_info"].label
+    assert mod.S.live is None  # nothing is proposed until the host has sent its values
+
+
 def drain(link: RunningLink) -> list[dict]:
     out = []
     while not link.received.empty():

@@ -73,6 +73,9 @@ class ObsConfig:
     legacy_file: str = ""  # when set, add LEGACY_IMAGE watching this file
     extra_collections: int = 0  # copies of the collection, for reload-by-switching
     script_file: str = ""  # when set, OBS loads this script (e.g. a probe) instead
+    extra_scripts: list[tuple[str, dict[str, Any]]] = field(
+        default_factory=list
+    )  # (path, settings)
     # OBS 29 runs python timers on its video tick; nothing else to tune here
 
 
@@ -112,6 +115,7 @@ def _scene_collection(cfg: ObsConfig, name: str, script_path: Path) -> dict[str,
     if cfg.with_script:
         path = cfg.script_file or str(script_path)
         scripts.append({"path": path, "settings": dict(cfg.script_settings)})
+    scripts += [{"path": path, "settings": dict(values)} for path, values in cfg.extra_scripts]
     return {
         "name": name,
         "current_scene": SCENE,

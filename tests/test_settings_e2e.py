@@ -4,7 +4,10 @@ A streamer sets `approval_mode = "hold"` and a strict `threshold_offset` in the 
 never touches the OBS panel. The real `generator-host run` (tiny model, local Twitch
 server) and OBS 29 under Xvfb with an untouched script: once the script connects, a
 flagged picture still arrives held (OBS renders the placeholder, not the picture), and
-the panel's own settings now say hold (what OBS saved for the script). Required in CI.
+the panel's own settings now say hold (what OBS saved for the script). Then a change in
+the panel (made by a probe script exactly as OBS's properties view makes it) goes to the
+host, is checked and logged there, and comes back: a refused value snaps back. Required
+in CI.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from tests.twitch_server import TwitchServer
 pytestmark = [pytest.mark.obs, pytest.mark.model]
 
 PLACEHOLDER = (40, 40, 48)  # engine/grid.py's "awaiting approval" tile
+PROBE = str(Path(__file__).resolve().parent / "obs_probe_panel.py")
+PANEL_CHANGE = {"safety.approval_mode": "skip", "show.slideshow_seconds": 1.0}  # 1 s: refused
 
 
 def near(pixel: tuple[int, int, int], color: tuple[int, int, int], tolerance: int = 10) -> bool:
@@ -50,7 +55,8 @@ def test_a_config_hold_survives_an_untouched_script_connecting(
     try:
         host.start()
         untouched = {"host": f"ws://127.0.0.1:{link_port}", "token": LINK_TOKEN}
-        with run_obs(tmp_path / "obs", untouched) as obs:
+        probe = [(PROBE, {"change": json.dumps(PANEL_CHANGE)})]
+        with run_obs(tmp_path / "obs", untouched, extra_scripts=probe) as obs:
             wait_for(lambda: "OBS script connected" in host.output, 30, "the script to connect")
             obs.wait_log(r"the panel shows the host's live settings: .*approval_mode=hold")
             before = obs.input_settings(IMAGE).get("file", "")
@@ -72,13 +78,24 @@ def test_a_config_hold_survives_an_untouched_script_connecting(
                 "OBS to render the placeholder",
             )
             corners = [shot.getpixel(xy) for xy in ((1, 1), (30, 1), (1, 30), (30, 30))]
+            assert all(near(c, PLACEHOLDER) for c in corners), corners
+            assert "held" in host.output
+            assert "settings: approval_mode" not in host.output  # connecting changed nothing
+
+            # The streamer changes the panel: the host decides, every panel follows.
+            obs.client.trigger_hotkey_by_name("chat_diffusion_probe.panel_change")
+            wait_for(
+                lambda: "settings: approval_mode 'hold' -> 'skip' (from OBS panel)" in host.output,
+                20,
+                "the host to apply and log the panel's change",
+            )
+            assert "refused slideshow_seconds = 1.0 must be 0 (off) or 3 to 3600" in host.output
+            obs.wait_log(r"host settings: approval_mode 'hold' -> 'skip' \(from OBS panel\)")
             obs.stop()
-        assert all(near(c, PLACEHOLDER) for c in corners), corners
         panel = saved_script_settings(tmp_path / "obs")
-        assert panel["safety.approval_mode"] == "hold"
-        assert panel["safety.threshold_offset"] == 1.0
-        assert "held" in host.output
-        assert "settings: approval_mode" not in host.output  # nothing changed it
+        assert panel["safety.approval_mode"] == "skip"  # the host's answer
+        assert panel["show.slideshow_seconds"] == 0.0  # refused: back to the host's value
+        assert panel["safety.threshold_offset"] == 1.0  # the config's, untouched
     finally:
         host.stop()
         server.stop()

@@ -68,6 +68,8 @@ class _Script:
         self.data: Any = None  # OBS's settings object of this script (borrowed, while loaded)
         self.schema: list[dict[str, Any]] = []  # how to draw the host's live settings
         self.live: dict[str, Any] | None = None  # the host's values; None until it sent them
+        self.proposal: dict[str, Any] = {}  # panel changes not sent yet (see PROPOSE_AFTER_S)
+        self.propose_at = 0.0
 
 
 S = _Script()
@@ -275,6 +277,7 @@ def script_save(settings: Any) -> None:
 # panel) is what the panel then shows. A panel never overwrites the host's values.
 
 SCHEMA_KEY = "live_schema"  # the last schema the host sent, so the panel has it offline
+PROPOSE_AFTER_S = 0.3  # a dragged slider makes one proposal, not one per step it passes
 
 
 def _cached_schema(settings: Any) -> list[dict[str, Any]]:
@@ -396,15 +399,19 @@ def _propose_changes(settings: Any) -> None:
         value = _panel_value(settings, item)
         if live is not None and key in live and not _same(value, live[key]):
             changed[key] = value
-    if live is None:
+    if live is None or not changed:
         return  # not connected: the host's values replace the panel's when it connects
-    if not changed:
-        return
+    live.update(changed)  # proposed once; the host's answer (to every panel) is what counts
+    S.proposal.update(changed)
+    S.propose_at = time.monotonic() + PROPOSE_AFTER_S
+
+
+def _send_proposal() -> None:
+    """On OBS's timer: the panel's changes, once the streamer has stopped moving."""
+    changed, S.proposal = S.proposal, {}
     link = S.link
     if link is None or not link.send(protocol.make_change(changed)):
         _log("settings not sent (not connected); the panel shows the host's values on connect")
-        return
-    S.live.update(changed)  # sent once; the host's answer (to every panel) is what counts
 
 
 # --- load / unload -----------------------------------------------------------------------
@@ -530,6 +537,8 @@ def _tick() -> None:
     try:
         if S.restart_at and time.monotonic() >= S.restart_at:
             _restart_link()
+        if S.proposal and time.monotonic() >= S.propose_at:
+            _send_proposal()
         link = S.link
         if link is None:
             return
@@ -553,7 +562,7 @@ def _set_connection(text: str, connected: bool) -> None:
     if connected:
         S.shown_offline = False
     else:
-        S.live = None  # a new connection brings the host's values again
+        S.live, S.proposal = None, {}  # a new connection brings the host's values again
 
 
 def _show_connection() -> None:

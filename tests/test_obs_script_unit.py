@@ -199,15 +199,17 @@ def test_the_panel_shows_the_hosts_settings_and_never_overwrites_them(
 def test_a_panel_change_goes_to_the_host_and_its_answer_comes_back(
     runner: Runner, link_server: RunningLink
 ) -> None:
-    runner.load(host=link_server.url, token=LINK_TOKEN)
+    mod = runner.load(host=link_server.url, token=LINK_TOKEN)
     values = runner.settings.values
     runner.pump(lambda: values.get("safety.approval_mode") == "blur")
     runner.update(**{"safety.approval_mode": "hold", "show.slideshow_seconds": 20.0})
+    runner.pump(lambda: not mod.S.proposal)  # sent by OBS's timer once the edits pause
     change = link_server.next_message("change")
     assert change["values"] == {"safety.approval_mode": "hold", "show.slideshow_seconds": 20.0}
     assert link_server.live.safety.approval_mode == "hold"
     # a value the host refuses: the panel snaps back to the host's
     runner.update(**{"show.slideshow_seconds": 1.0})
+    runner.pump(lambda: not mod.S.proposal)
     assert link_server.next_message("change")["values"] == {"show.slideshow_seconds": 1.0}
     runner.pump(lambda: values["show.slideshow_seconds"] == 20.0)
     assert link_server.live.show.slideshow_seconds == 20.0
@@ -756,3 +758,15 @@ def test_a_press_that_waits_too_long_for_the_host_is_reported(
     press(runner, "btn_prev")
     runner.pump(lambda: warnings_of(runner.fake), timeout=4)
     assert "'prev' not sent: no link to the host within 1 s" in warnings_of(runner.fake)[0]
+
+
+def test_a_dragged_slider_makes_one_proposal(runner: Runner, link_server: RunningLink) -> None:
+    mod = runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(lambda: runner.settings.values.get("safety.threshold_offset") == 0.0)
+    for step in range(1, 31):  # OBS calls script_update for every step the slider passes
+        runner.update(**{"safety.threshold_offset": step / 1000})
+    runner.pump(lambda: not mod.S.proposal)
+    assert link_server.next_message("change")["values"] == {"safety.threshold_offset": 0.03}
+    runner.pump(lambda: link_server.live.safety.threshold_offset == 0.03)
+    time.sleep(0.5)
+    assert [m for m in drain(link_server) if m["type"] == "change"] == []

@@ -278,6 +278,15 @@ def script_save(settings: Any) -> None:
 
 SCHEMA_KEY = "live_schema"  # the last schema the host sent, so the panel has it offline
 PROPOSE_AFTER_S = 0.3  # a dragged slider makes one proposal, not one per step it passes
+# Panel keys of script versions before the host owned live settings: values a streamer
+# set there are proposed to the host once (then erased), so an upgrade loses no choice.
+LEGACY_KEYS = {
+    "threshold_offset": ("safety.threshold_offset", "double"),
+    "grid": ("show.grid", "int"),
+    "approval_mode": ("safety.approval_mode", "string"),
+    "slideshow_seconds": ("show.slideshow_seconds", "int"),
+    "save_images": ("gallery.save_images", "bool"),
+}
 
 
 def _cached_schema(settings: Any) -> list[dict[str, Any]]:
@@ -381,11 +390,34 @@ def _take_host_settings(msg: dict[str, Any]) -> None:
             if item["key"] in S.live:
                 _write_panel_value(data, item, S.live[item["key"]])
         obs.obs_data_set_string(data, SCHEMA_KEY, json.dumps(S.schema))
+    if data is not None:
+        _move_legacy_settings(data)
     if msg["note"]:
         _log(f"host settings: {msg['note']}")
     else:
         shown = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in S.live.items())
         _log(f"the panel shows the host's live settings: {shown}")
+
+
+def _move_legacy_settings(data: Any) -> None:
+    """Propose what the streamer had set in an older panel, once, then forget it there."""
+    getters = {
+        "double": obs.obs_data_get_double,
+        "int": obs.obs_data_get_int,
+        "string": obs.obs_data_get_string,
+        "bool": obs.obs_data_get_bool,
+    }
+    old = {}
+    for key, (name, kind) in LEGACY_KEYS.items():
+        if obs.obs_data_has_user_value(data, key):
+            old[name] = getters[kind](data, key)
+            obs.obs_data_erase(data, key)
+    if old and S.live is not None:
+        if "show.slideshow_seconds" in old:
+            old["show.slideshow_seconds"] = float(old["show.slideshow_seconds"])
+        _log(f"proposing this panel's settings from an older version to the host once: {old}")
+        S.proposal.update(old)
+        S.propose_at = time.monotonic()
 
 
 def _propose_changes(settings: Any) -> None:

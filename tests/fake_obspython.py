@@ -190,6 +190,14 @@ class FakeOBS:
             make()
 
         @api
+        def obs_data_has_user_value(d: Any, key: str) -> bool:
+            return key in _data(d).values
+
+        @api
+        def obs_data_erase(d: Any, key: str) -> None:
+            _data(d).values.pop(key, None)
+
+        @api
         def obs_data_set_array(d: Any, key: str, arr: Any) -> None:
             assert arr.id in fake.refs
             _data(d).values[key] = list(arr.obj)

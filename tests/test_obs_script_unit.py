@@ -770,3 +770,23 @@ def test_a_dragged_slider_makes_one_proposal(runner: Runner, link_server: Runnin
     runner.pump(lambda: link_server.live.safety.threshold_offset == 0.03)
     time.sleep(0.5)
     assert [m for m in drain(link_server) if m["type"] == "change"] == []
+
+
+def test_settings_chosen_in_an_older_panel_are_proposed_once(
+    runner: Runner, link_server: RunningLink
+) -> None:
+    """Before the host owned live settings the panel's values won; an upgrade must not
+    silently drop a streamer's choice: it is proposed once, then erased from the panel."""
+    runner.load(host=link_server.url, token=LINK_TOKEN, approval_mode="hold", grid=4)
+    runner.pump(lambda: link_server.live.show.grid == 4)
+    change = link_server.next_message("change")
+    assert change["values"] == {"safety.approval_mode": "hold", "show.grid": 4}
+    runner.pump(lambda: runner.settings.values.get("safety.approval_mode") == "hold")
+    assert "approval_mode" not in runner.settings.values and "grid" not in runner.settings.values
+    runner.unload()
+    runner.load(host=link_server.url, token=LINK_TOKEN)
+    runner.pump(lambda: runner.connected())
+    time.sleep(0.5)
+    runner.pump(lambda: True)
+    assert [m for m in drain(link_server) if m["type"] == "change"] == []
+    assert link_server.live.safety.approval_mode == "hold"

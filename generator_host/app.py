@@ -377,6 +377,11 @@ class Host:
         if show is not None:
             show(*args)
 
+    def notice(self, text: str) -> None:
+        """A line for OBS's status from outside the show (e.g. "log in again")."""
+        if self._loop is not None:
+            self._loop.create_task(self._status(ev.Status(text=text)))
+
     async def _broadcast(self, frame: dict[str, Any]) -> None:
         if self.link is not None:
             await self.link.broadcast(frame)
@@ -590,6 +595,7 @@ def _serve(
     model_fix: str,
     started: float,
     on_ready: Callable[[], None] | None = None,
+    on_host: Callable[[Host], None] | None = None,
 ) -> int:
     engine, gallery, token = _prepare(settings, home, token_dir, model_fix, started)
     if engine is None:
@@ -608,6 +614,8 @@ def _serve(
             if on_ready is not None:
                 on_ready()
             print("Ready.", flush=True)
+            if on_host is not None:
+                on_host(h)
 
         return await host.run(on_ready=ready)
 
@@ -675,6 +683,8 @@ def run_twitch(settings: Settings, home: Path, config_path: Path | None = None) 
 def _run_twitch(settings: Settings, home: Path, config_path: Path | None) -> int:
     from generator_host.edges.chat.irc import TwitchAdapter
 
+    keeper, hosts = _chat_login(settings, home)
+    adapter = TwitchAdapter(settings.twitch, tokens=keeper)
     print(f"Joining #{settings.twitch.channel} on {settings.twitch.host}:{settings.twitch.port}")
     _preflight(settings, home)
     where = f" in {config_path}" if config_path is not None else ""
@@ -683,7 +693,33 @@ def _run_twitch(settings: Settings, home: Path, config_path: Path | None) -> int
         settings,
         home,
         home,
-        TwitchAdapter(settings.twitch),
+        adapter,
         model_fix=fix,
         started=time.monotonic(),
+        on_host=hosts.append,
     )
+
+
+def _chat_login(settings: Settings, home: Path) -> tuple[Any, list[Host]]:
+    """The stored login the chat uses, kept alive (None: the pasted token, as before).
+
+    A dead login is told in OBS's status through the host, once it runs (`hosts`)."""
+    from generator_host.edges.twitch import auth
+
+    hosts: list[Host] = []
+    if settings.twitch.token:
+        print("Twitch: using the pasted token ([twitch] token or CHAT_DIFFUSION_TWITCH_TOKEN)")
+        return None, hosts
+    found = auth.stored_chat_login(home)
+    if found is None:
+        return None, hosts
+    account, path, tokens = found
+    print(f"Twitch: chat as the {account} account {tokens.login!r} (login stored in {path})")
+
+    def problem(text: str) -> None:
+        for host in hosts:
+            host.notice(text)
+
+    client = auth.IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url)
+    keeper = auth.TokenKeeper(client, path, tokens, account=account, on_problem=problem)
+    return keeper, hosts

@@ -1,4 +1,5 @@
-"""`generator-host`: the command line. Subcommands: demo, run, init, safety-eval.
+"""`generator-host`: the command line. Subcommands: demo, run, init, login, logout,
+safety-eval.
 
 Heavy imports (torch, diffusers) happen inside the subcommands, so `--help` is instant.
 """
@@ -11,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from generator_host import __version__
 from generator_host.core.settings import (
@@ -75,6 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--config", type=Path, default=None, help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    for name, verb in (("login", "log in"), ("logout", "log out")):
+        account = sub.add_parser(
+            name,
+            help=f"{verb} a Twitch account (the broadcaster, or --bot)",
+            description=(
+                "Log in with Twitch's device code: open the printed address, enter the code, "
+                "and the host keeps the login (validated and refreshed by itself) in its data "
+                "folder, readable by you alone. Needs [twitch] client_id (docs/twitch.md)."
+                if name == "login"
+                else "Revoke the stored Twitch login at Twitch and delete it."
+            ),
+        )
+        account.add_argument("--bot", action="store_true", help="the bot account for chat")
+        account.add_argument("--config", type=Path, default=None, help="config file to read")
+        account.add_argument("--data-dir", type=Path, help="where the login is stored")
+        if name == "login":
+            account.add_argument("--no-browser", action="store_true", help="only print the link")
 
     from generator_host.tools import safety_eval  # its own module: heavy imports stay lazy there
 
@@ -155,16 +175,79 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if not settings.twitch.token:
+    from generator_host.edges.twitch.auth import stored_chat_login
+
+    if not settings.twitch.token and stored_chat_login(home) is None:
         print(
-            "No Twitch token: set the environment variable CHAT_DIFFUSION_TWITCH_TOKEN "
-            f"or [twitch] token in {path}.",
+            "No Twitch login: run 'generator-host login' (needs [twitch] client_id), or set "
+            f"the environment variable CHAT_DIFFUSION_TWITCH_TOKEN or [twitch] token in {path}.",
             file=sys.stderr,
         )
         return EXIT_USAGE
     from generator_host.app import run_twitch
 
     return run_twitch(settings, home, path)
+
+
+def _id_client(args: argparse.Namespace) -> tuple[Any, Settings] | None:
+    from generator_host.edges.twitch.auth import IdClient
+
+    path: Path = args.config or default_config_path()
+    settings, problems = load_settings(path)
+    for problem in problems:
+        log.warning("config: %s", problem)
+    if not settings.twitch.client_id.strip():
+        print(
+            f"No Twitch Client ID: register an application at dev.twitch.tv (client type "
+            f"Public; docs/twitch.md) and set [twitch] client_id in {path}.",
+            file=sys.stderr,
+        )
+        return None
+    return IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url), settings
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from generator_host.edges.twitch import auth
+
+    made = _id_client(args)
+    if made is None:
+        return EXIT_USAGE
+    client, settings = made
+    account = "bot" if args.bot else "broadcaster"
+    path = auth.token_path(args.data_dir or data_dir(), account)
+    try:
+        tokens = auth.device_login(
+            client,
+            auth.scopes_for(account),  # channel points (a later feature) add theirs here
+            account=account,
+            out=sys.stdout,
+            open_browser=not args.no_browser,
+        )
+    except auth.AuthError as exc:
+        print(f"Twitch login failed: {exc}", file=sys.stderr)
+        return EXIT_LOGIN
+    except KeyboardInterrupt:
+        print("Login cancelled.", file=sys.stderr)
+        return EXIT_LOGIN
+    auth.save_tokens(path, tokens)
+    print(
+        f"Logged in as {tokens.login or '?'} ({account}); saved to {path} (readable by you alone)."
+    )
+    if settings.twitch.token:
+        print("Note: a pasted token ([twitch] token or CHAT_DIFFUSION_TWITCH_TOKEN) is set and "
+              "wins over this login; remove it to use the login.")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from generator_host.edges.twitch import auth
+
+    made = _id_client(args)
+    if made is None:
+        return EXIT_USAGE
+    account = "bot" if args.bot else "broadcaster"
+    print(auth.logout(made[0], args.data_dir or data_dir(), account))
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _setup_logging(getattr(args, "log_level", "INFO"))
-    handlers = {"demo": cmd_demo, "run": cmd_run, "init": cmd_init}
+    handlers = {
+        "demo": cmd_demo,
+        "run": cmd_run,
+        "init": cmd_init,
+        "login": cmd_login,
+        "logout": cmd_logout,
+    }
     if args.command in handlers:
         return handlers[args.command](args)
     from generator_host.tools import safety_eval

@@ -55,7 +55,7 @@ class TwitchServer:
         channel: str = "streamer",
         *,
         refuse_login: str = "",
-        expected_token: str = "",
+        expected_token: str | Callable[[], str] = "",  # a callable: the current one
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.channel = channel
@@ -277,9 +277,9 @@ class TwitchServer:
                     password = words[1] if len(words) > 1 else ""
                 elif command == "NICK":
                     nick = words[1].lower() if len(words) > 1 else ""
-                    if self.refuse_login or (
-                        self.expected_token and password != f"oauth:{self.expected_token}"
-                    ):
+                    expected = self.expected_token
+                    expected = expected() if callable(expected) else expected
+                    if self.refuse_login or (expected and password != f"oauth:{expected}"):
                         text = (
                             "Improperly formatted auth"
                             if self.refuse_login == "format"

@@ -105,10 +105,17 @@ class TwitchSettings:
 
     channel: str = setting("", "The channel whose chat paints (your Twitch login, no '#').")
     login: str = setting("", "The bot account's login; empty means the channel itself.")
+    client_id: str = setting(
+        "",
+        "Your Twitch application's Client ID (dev.twitch.tv, client type Public; "
+        "docs/twitch.md). Then `generator-host login` (--bot for a bot account) logs in once; "
+        "the host validates and refreshes the login by itself.",
+    )
     token: str = setting(
         "",
-        "OAuth token with chat:read and chat:write. Better: leave empty and set the "
-        "environment variable CHAT_DIFFUSION_TWITCH_TOKEN.",
+        "Or paste an OAuth token with chat:read and chat:write (never refreshed; it wins over "
+        "a login). Better: leave empty and set the environment variable "
+        "CHAT_DIFFUSION_TWITCH_TOKEN.",
         secret=True,
     )
     send_limit: int = setting(
@@ -121,6 +128,9 @@ class TwitchSettings:
     host: str = setting("irc.chat.twitch.tv", "Twitch's chat server; change only for testing.")
     port: int = setting(6697, "The chat server's port.", range=(1, 65535))
     tls: bool = setting(True, "Encrypt the chat connection.")
+    id_url: str = setting(
+        "https://id.twitch.tv", "Twitch's login service; change only for testing."
+    )
     reconnect_max_seconds: float = setting(
         60.0, "Reconnect backoff after a dropped connection doubles up to this.", range=(1, 3600)
     )

@@ -31,6 +31,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 from generator_host.core.message import BotStatus, ChatEvent, Role
 from generator_host.core.replies import (
@@ -38,6 +39,7 @@ from generator_host.core.replies import (
 )
 from generator_host.core.settings import TwitchSettings
 from generator_host.edges.chat import ircparse
+from generator_host.edges.twitch.auth import LOG_IN_AGAIN
 
 log = logging.getLogger("generator_host.edges.chat.irc")
 
@@ -55,6 +57,20 @@ def _emit(on_event: Callable[[ChatEvent], None], event: ChatEvent) -> None:
         on_event(event)
     except Exception:
         log.exception("handling %s failed", type(event).__name__)
+
+
+class TokenSource(Protocol):
+    """A login kept alive elsewhere (edges/twitch/auth.TokenKeeper): the current token,
+    its account's login name, a refresh when Twitch refused it, and the upkeep task."""
+
+    @property
+    def login(self) -> str: ...
+
+    def access_token(self) -> str: ...
+
+    async def renew_after_refusal(self) -> bool: ...
+
+    async def keep(self) -> None: ...
 
 
 class LoginFailed(Exception):
@@ -133,10 +149,12 @@ class TwitchAdapter:
         handover_grace: float = 3.0,
         handover_max: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        tokens: TokenSource | None = None,
     ) -> None:
         self.settings = settings
+        self.tokens = tokens  # a stored login (refreshed); None: the pasted [twitch] token
         self.channel = settings.channel.lower().lstrip("#")
-        self.login = (settings.login or self.channel).lower()
+        self.login = (settings.login or (tokens.login if tokens else "") or self.channel).lower()
         # Whose lines count; the room id comes with the channel's ROOMSTATE after JOIN.
         self.room = ircparse.Room(self.channel, shared_chat=settings.shared_chat_commands)
         self._ssl = ssl_context
@@ -161,6 +179,7 @@ class TwitchAdapter:
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._closing = False
+        self._ever_joined = False
         self._last_line = ""
         self._last_time = -DUPLICATE_SECONDS
         self.connected = asyncio.Event()  # set while a connection is logged in and joined
@@ -176,14 +195,18 @@ class TwitchAdapter:
         """Connect, read forever, reconnect; returns after close(); raises LoginFailed."""
         if not self.channel:
             raise LoginFailed('no Twitch channel set: put channel = "yourname" under [twitch]')
-        if not self.settings.token.strip():
+        if self.tokens is None and not self.settings.token.strip():
             raise LoginFailed(
                 "no Twitch token: set the environment variable CHAT_DIFFUSION_TWITCH_TOKEN "
                 "(or token under [twitch]) to an OAuth token with chat:read and chat:write"
             )
+        keeper = asyncio.ensure_future(self.tokens.keep()) if self.tokens else None
         try:
             await self._run(on_event)
         finally:
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
             retiring = list(self._retiring)
             for task in retiring:
                 task.cancel()
@@ -198,6 +221,19 @@ class TwitchAdapter:
             try:
                 await self._session(on_event)
                 return  # closed on purpose
+            except LoginFailed as refused:
+                if self.tokens is None:
+                    raise
+                if await self.tokens.renew_after_refusal():
+                    log.info("Twitch refused the chat login; reconnecting with the refreshed token")
+                    continue
+                if not self._ever_joined:  # at start: one clear line and stop
+                    raise LoginFailed(f"{refused} ({LOG_IN_AGAIN})") from None
+                # Mid-stream: the show goes on; retry quietly (a new login is picked up).
+                delay = self.settings.reconnect_max_seconds
+                log.debug("Twitch chat login refused; retrying in %.0f s", delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
             except _Dropped as drop:
                 if self._closing:
                     return
@@ -270,7 +306,7 @@ class TwitchAdapter:
         self._conns.add(conn)
         handed_over = False
         try:
-            token = s.token.strip()
+            token = (self.tokens.access_token() if self.tokens else s.token).strip()
             token = token if token.startswith("oauth:") else f"oauth:{token}"
             self._write_raw(writer, ircparse.build_line("PASS", token))
             self._write_raw(writer, ircparse.build_line("NICK", self.login))
@@ -342,6 +378,7 @@ class TwitchAdapter:
         if conn.sender is None:
             conn.sender = asyncio.ensure_future(self._send_loop(conn.writer))
         self.connected.set()
+        self._ever_joined = True
         event, self._join_event = self._join_event, asyncio.Event()
         event.set()
 

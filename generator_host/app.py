@@ -715,6 +715,9 @@ def _chat_login(settings: Settings, home: Path) -> tuple[Any, list[Host]]:
         return None, hosts
     account, path, tokens = found
     print(f"Twitch: chat as the {account} account {tokens.login!r} (login stored in {path})")
+    if not settings.twitch.client_id.strip():
+        log.warning("Twitch: [twitch] client_id is empty, so the login cannot be refreshed; "
+                    "set it to the Client ID you logged in with")  # fmt: skip
 
     def problem(text: str) -> None:
         for host in hosts:

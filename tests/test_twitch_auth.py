@@ -236,3 +236,119 @@ def test_scopes_are_only_what_the_features_need() -> None:
     assert auth.scopes_for("broadcaster", channel_points=True) == [
         "chat:read", "chat:write", "channel:read:redemptions", "channel:manage:redemptions",
     ]  # fmt: skip
+
+
+def test_a_dead_login_is_told_in_obs_status_and_the_host_runs_on(
+    tmp_path: Path, fake_id: FakeTwitchId
+) -> None:
+    import websocket
+
+    from generator_host import app
+    from generator_host.core.settings import Settings
+    from generator_host.edges.gallery import Gallery
+    from obs_script import chat_diffusion_protocol as p
+    from tests.test_app_wiring import Silent
+
+    settings = Settings()
+    settings.link.port = 0
+    settings.twitch.client_id, settings.twitch.id_url = fake_id.client_id, fake_id.url
+    issued = fake_id.issue()
+    tokens = auth.Tokens(issued["access_token"], issued["refresh_token"], login="streamer")
+    auth.save_tokens(auth.token_path(tmp_path, "broadcaster"), tokens)
+    fake_id.dead_refresh = True
+    keeper, hosts = app._chat_login(settings, tmp_path)
+    assert keeper is not None
+    gallery = Gallery.from_settings(settings.gallery, tmp_path / "gallery")
+    host = app.Host(settings, tmp_path, Silent(), None, gallery, "t" * 32)
+
+    def status_lines(port: int) -> list[str]:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}", timeout=5, suppress_origin=True)
+        ws.send(p.encode(p.make_hello("t" * 32, "test OBS"), "script").text)
+        seen: list[str] = []
+        try:
+            while not any("log in again" in s for s in seen):
+                msg = p.decode(ws.recv(), "host").message or {}
+                if msg.get("type") == "status":
+                    seen.append(msg["text"])
+        finally:
+            ws.close()
+        return seen
+
+    async def main() -> list[str]:
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(host.run(on_ready=lambda h: (hosts.append(h), ready.set())))
+        await asyncio.wait_for(ready.wait(), 10)
+        reading = asyncio.ensure_future(asyncio.to_thread(status_lines, host.link.port))
+        await asyncio.sleep(0.3)  # the script has said hello
+        assert not await keeper.refresh()
+        seen = await asyncio.wait_for(reading, 10)
+        assert not task.done()  # the host runs on
+        host.stopped.set()
+        await asyncio.wait_for(task, 10)
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[-1] == "Twitch broadcaster login expired: log in again: generator-host login"
+    assert not any("secret" in s for s in seen)
+
+
+def test_the_login_is_validated_at_start_and_every_interval(
+    tmp_path: Path, fake_id: FakeTwitchId
+) -> None:
+    keeper = _keeper(fake_id, tmp_path, life=3600, validate_every=0.3)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(keeper.keep())
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    checks = fake_id.calls_to("/oauth2/validate")
+    assert 3 <= len(checks) <= 5  # at start, then every 0.3 s
+    assert {c.auth for c in checks} == {f"OAuth {keeper.tokens.access_token}"}
+    assert keeper.refreshes == 0
+
+
+def test_a_dead_login_at_start_stops_with_one_clear_line(
+    tmp_path: Path, fake_id: FakeTwitchId
+) -> None:
+    from generator_host.edges.chat.irc import LoginFailed
+
+    server = TwitchServer("streamer", expected_token="not-ours").start()
+    keeper = _keeper(fake_id, tmp_path, life=3600)
+    fake_id.dead_refresh = True
+
+    async def main() -> None:
+        adapter = TwitchAdapter(_settings(server), tokens=keeper, backoff_base=0.05)
+        await asyncio.wait_for(adapter.run(lambda e: None), 10)
+
+    try:
+        with pytest.raises(LoginFailed) as refused:
+            asyncio.run(main())
+    finally:
+        server.stop()
+    assert "log in again: generator-host login" in str(refused.value)
+    assert "secret" not in str(refused.value)
+
+
+def test_a_fresh_token_refused_too_is_refreshed_once_not_in_a_loop(
+    tmp_path: Path, fake_id: FakeTwitchId
+) -> None:
+    from generator_host.edges.chat.irc import LoginFailed
+
+    server = TwitchServer("streamer", expected_token="not-ours").start()  # e.g. scopes missing
+    keeper = _keeper(fake_id, tmp_path, life=3600)
+
+    async def main() -> None:
+        adapter = TwitchAdapter(_settings(server), tokens=keeper, backoff_base=0.05)
+        await asyncio.wait_for(adapter.run(lambda e: None), 10)
+
+    try:
+        with pytest.raises(LoginFailed) as refused:
+            asyncio.run(main())
+    finally:
+        server.stop()
+    assert keeper.refreshes == 1
+    assert len(server.sent("PASS")) == 2
+    assert "chat:read" in str(refused.value)  # says what to check

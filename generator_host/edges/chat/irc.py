@@ -179,7 +179,7 @@ class TwitchAdapter:
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._closing = False
-        self._ever_joined = False
+        self._joins = 0  # successful joins so far
         self._last_line = ""
         self._last_time = -DUPLICATE_SECONDS
         self.connected = asyncio.Event()  # set while a connection is logged in and joined
@@ -216,6 +216,7 @@ class TwitchAdapter:
     async def _run(self, on_event: Callable[[ChatEvent], None]) -> None:
         failures = 0
         certificate_reported = False
+        renewed_at = -1  # joins so far when the token was last refreshed after a refusal
         while not self._closing:
             started = self.clock()
             try:
@@ -224,11 +225,17 @@ class TwitchAdapter:
             except LoginFailed as refused:
                 if self.tokens is None:
                     raise
-                if await self.tokens.renew_after_refusal():
+                # One refresh per refusal streak: a fresh token refused too (missing
+                # scopes, another account) is not fixed by refreshing again.
+                renewed = renewed_at == self._joins  # and not joined since
+                if not renewed and await self.tokens.renew_after_refusal():
+                    renewed_at = self._joins
                     log.info("Twitch refused the chat login; reconnecting with the refreshed token")
                     continue
-                if not self._ever_joined:  # at start: one clear line and stop
-                    raise LoginFailed(f"{refused} ({LOG_IN_AGAIN})") from None
+                if not self._joins:  # at start: one clear line and stop
+                    fix = "" if renewed else f" ({LOG_IN_AGAIN})"
+                    raise LoginFailed(f"{refused}{fix}") from None
+                renewed_at = -1  # mid-stream: a refresh may be tried again after the pause
                 # Mid-stream: the show goes on; retry quietly (a new login is picked up).
                 delay = self.settings.reconnect_max_seconds
                 log.debug("Twitch chat login refused; retrying in %.0f s", delay)
@@ -378,7 +385,7 @@ class TwitchAdapter:
         if conn.sender is None:
             conn.sender = asyncio.ensure_future(self._send_loop(conn.writer))
         self.connected.set()
-        self._ever_joined = True
+        self._joins += 1
         event, self._join_event = self._join_event, asyncio.Event()
         event.set()
 

@@ -105,6 +105,12 @@ class FakeTwitchId:
             "token_type": "bearer",
         }
 
+    def irc_token(self) -> str:
+        """The token Twitch's chat accepts now: the newest, while it has not expired."""
+        with self._lock:
+            alive = self.access.get(self.current, 0.0) > time.time()
+            return self.current if alive else "<none is valid>"
+
     def calls_to(self, path: str) -> list[Call]:
         return [c for c in self.calls if c.path.split("?")[0] == path]
 

@@ -132,7 +132,7 @@ def test_token_expiring_mid_stream_is_refreshed_and_the_reconnect_uses_it(
     tmp_path: Path, fake_id: FakeTwitchId, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = TwitchServer("streamer", expected_token=lambda: fake_id.current).start()
+    server = TwitchServer("streamer", expected_token=fake_id.irc_token).start()
     keeper = _keeper(fake_id, tmp_path, life=1.5, refresh_margin=1.0)
     first = fake_id.current
     fake_id.expires_in = 3600.0  # the refreshed token lives long
@@ -171,7 +171,7 @@ def test_refused_irc_login_refreshes_and_reconnects_without_a_restart(
     tmp_path: Path, fake_id: FakeTwitchId, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    server = TwitchServer("streamer", expected_token=lambda: fake_id.current).start()
+    server = TwitchServer("streamer", expected_token=fake_id.irc_token).start()
     keeper = _keeper(fake_id, tmp_path, life=3600)
     fake_id.issue()  # Twitch now wants a newer token: ours is refused at the IRC login
 
@@ -352,3 +352,51 @@ def test_a_fresh_token_refused_too_is_refreshed_once_not_in_a_loop(
     assert keeper.refreshes == 1
     assert len(server.sent("PASS")) == 2
     assert "chat:read" in str(refused.value)  # says what to check
+
+
+@pytest.mark.model
+def test_run_uses_the_stored_login_and_refreshes_an_expired_token_at_start(
+    tmp_path: Path, fake_id: FakeTwitchId, tiny_model_dir: Path
+) -> None:
+    import signal
+    import time
+
+    server = TwitchServer("streamer", expected_token=fake_id.irc_token).start()
+    issued = fake_id.issue(expires_in=0.1)  # expired by the time the host starts
+    data = tmp_path / "data"
+    path = auth.token_path(data, "broadcaster")
+    old = auth.Tokens(issued["access_token"], issued["refresh_token"], login="streamer")
+    auth.save_tokens(path, old)
+    cfg = _config(tmp_path, fake_id)
+    cfg.write_text(
+        cfg.read_text()
+        + f'host = "127.0.0.1"\nport = {server.port}\ntls = false\n'
+        + f'[model]\nmodel = "{tiny_model_dir}"\ndevice = "cpu"\nwarmup = false\n'
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env.pop("CHAT_DIFFUSION_TWITCH_TOKEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "generator_host", "run", "--config", str(cfg),
+         "--data-dir", str(data), "--link-port", "0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert server.wait_for(lambda: len(server.joins) == 1, 90), "the host did not join"
+        server.privmsg("viewer", "!queue")
+        assert server.wait_for(lambda: len(server.sent("PRIVMSG")) >= 1, 10)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            server.stop()
+    time.sleep(0)  # the host is gone
+    assert "chat as the broadcaster account 'streamer'" in out
+    assert "refreshed" in out, out
+    passes = [s.line for s in server.sent("PASS")]  # the expired one may be tried first
+    assert passes[-1] == f"PASS oauth:{fake_id.current}" and len(passes) <= 2
+    stored = auth.load_tokens(path)
+    assert stored is not None and stored.access_token == fake_id.current != old.access_token
+    assert "secret" not in out

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Connect to Twitch chat and generate with the configured model. Settings come "
             f"from the config file (default {default_config_path()}); write a commented one "
-            "with 'generator-host init'. The Twitch token may come from the environment "
-            "variable CHAT_DIFFUSION_TWITCH_TOKEN."
+            "with 'generator-host init'. Twitch: the login stored by 'generator-host login', "
+            "or a pasted token (the environment variable CHAT_DIFFUSION_TWITCH_TOKEN)."
         ),
     )
     _common(run)
@@ -171,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not settings.twitch.channel:
         print(
             f"No Twitch channel configured. Run 'generator-host init', set [twitch] channel "
-            f"in {path}, and set CHAT_DIFFUSION_TWITCH_TOKEN (or [twitch] token).",
+            f"in {path}, and run 'generator-host login' (or set CHAT_DIFFUSION_TWITCH_TOKEN).",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -41,6 +41,7 @@ class FakeTwitchId:
     revoked: list[str] = field(default_factory=list)
     current: str = ""  # the newest access token issued
     user_code: str = "WDJB-MJHT"
+    slow_down_polls: int = 0  # the first N device polls are answered slow_down
 
     def __post_init__(self) -> None:
         self._n = itertools.count(1)
@@ -139,6 +140,8 @@ class FakeTwitchId:
                 if form.get("device_code") != "dc-secret":
                     return 400, {"status": 400, "message": "invalid device code"}
                 self._polls += 1
+                if self._polls <= self.slow_down_polls:
+                    return 400, {"status": 400, "message": "slow_down"}
                 if self._polls <= self.authorize_after:
                     return 400, {"status": 400, "message": "authorization_pending"}
                 return 200, self.issue()

@@ -400,3 +400,29 @@ def test_run_uses_the_stored_login_and_refreshes_an_expired_token_at_start(
     stored = auth.load_tokens(path)
     assert stored is not None and stored.access_token == fake_id.current != old.access_token
     assert "secret" not in out
+
+
+def test_slow_down_lengthens_the_polling_interval_and_an_expired_code_says_so(
+    fake_id: FakeTwitchId,
+) -> None:
+    import io
+
+    fake_id.slow_down_polls, fake_id.authorize_after = 1, 2
+    client = auth.IdClient(fake_id.client_id, fake_id.url)
+    waits: list[float] = []
+    out = io.StringIO()
+    tokens = auth.device_login(client, ["chat:read"], account="bot", out=out,
+                               open_browser=False, sleep=waits.append)  # fmt: skip
+    assert waits == [0.2, 5.2, 5.2]  # RFC 8628: each slow_down adds 5 s
+    assert tokens.login == "streamer" and "secret" not in out.getvalue()
+
+    now = [0.0]
+    fake_id.authorize_after = 10**6  # never authorized
+    fake_id.interval = 600.0  # the code (1800 s) expires after three polls
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(auth.AuthError, match="code expired"):
+        auth.device_login(client, ["chat:read"], account="bot", out=io.StringIO(),
+                          open_browser=False, sleep=sleep, clock=lambda: now[0])  # fmt: skip

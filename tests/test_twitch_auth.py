@@ -397,6 +397,7 @@ def test_run_uses_the_stored_login_and_refreshes_an_expired_token_at_start(
     assert "refreshed" in out, out
     passes = [s.line for s in server.sent("PASS")]  # the expired one may be tried first
     assert passes[-1] == f"PASS oauth:{fake_id.current}" and len(passes) <= 2
+    assert len(fake_id.calls_to("/oauth2/token")) == 1  # validation and the refusal: one refresh
     stored = auth.load_tokens(path)
     assert stored is not None and stored.access_token == fake_id.current != old.access_token
     assert "secret" not in out

@@ -375,10 +375,14 @@ class TokenKeeper:
             with contextlib.suppress(Exception):
                 self.on_problem(f"Twitch {self.account} login expired: {LOG_IN_AGAIN}")
 
-    async def refresh(self) -> bool:
-        """Refresh now; True when a new access token is in place."""
+    async def refresh(self, stale: str = "") -> bool:
+        """Refresh now; True when a new access token is in place. With `stale` (the token
+        Twitch refused), only when that is still the current one: two callers that saw the
+        same refusal (validation and the chat login) refresh once."""
         async with self._lock:
             self._reload_if_changed()
+            if stale and self.tokens.access_token != stale:
+                return True  # already replaced meanwhile
             if self.dead:
                 return False
             old = self.tokens
@@ -405,14 +409,17 @@ class TokenKeeper:
     async def validate(self) -> bool:
         """Ask Twitch whether the token is still good (refreshing when it is not)."""
         self._reload_if_changed()
+        token = self.tokens.access_token
         try:
-            who = await asyncio.to_thread(self.client.validate, self.tokens.access_token)
+            who = await asyncio.to_thread(self.client.validate, token)
         except AuthError as exc:
             log.warning("Twitch %s login: %s; trying again later", self.account, exc)
             return True  # cannot tell: keep what we have
         if who is None:
             log.info("Twitch says the %s access token is no longer valid; refreshing", self.account)
-            return await self.refresh()
+            return await self.refresh(stale=token)
+        if self.tokens.access_token != token:
+            return True  # refreshed while we asked: what we learnt is about the old one
         self.tokens.expires_at = time.time() + who.expires_in
         if who.login:
             self.tokens.login = who.login
@@ -420,11 +427,7 @@ class TokenKeeper:
 
     async def renew_after_refusal(self) -> bool:
         """Twitch refused the token (IRC login): refresh; True when there is a new one."""
-        before = self.tokens.access_token
-        self._reload_if_changed()
-        if self.tokens.access_token != before:
-            return True
-        return await self.refresh()
+        return await self.refresh(stale=self.tokens.access_token)
 
     async def keep(self) -> None:
         """Validate now and every `validate_every`; refresh `refresh_margin` before expiry."""

@@ -107,9 +107,8 @@ class TwitchSettings:
     login: str = setting("", "The bot account's login; empty means the channel itself.")
     client_id: str = setting(
         "",
-        "Your Twitch application's Client ID (dev.twitch.tv, client type Public; "
-        "docs/twitch.md). Then `generator-host login` (--bot for a bot account) logs in once; "
-        "the host validates and refreshes the login by itself.",
+        "Your Twitch application's Client ID (dev.twitch.tv, type Public; docs/twitch.md), "
+        "for `generator-host login`: log in once, the host keeps the login fresh.",
     )
     token: str = setting(
         "",

@@ -558,6 +558,13 @@ def _load_engine(settings: Settings, fix: str) -> Any:
     except EngineError as exc:
         print(f"Cannot load the model: {exc}; {fix}", file=sys.stderr)
         return None
+    except KeyboardInterrupt:  # Ctrl-C while downloading or loading: one line, no traceback
+        print(
+            "\nInterrupted while loading the model; run again to continue "
+            "(files already downloaded are kept).",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
     return engine
 
 

@@ -128,7 +128,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("websockets", "httpx", "urllib3", "PIL", "asyncio"):
+    # httpx2/httpcore2: huggingface_hub's HTTP client would log every request at INFO.
+    for noisy in ("websockets", "httpx", "httpx2", "httpcore2", "urllib3", "PIL", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
 

@@ -204,6 +204,16 @@ class ModelSettings:
     )
     attention_slicing: bool = setting(False, "Saves memory on small GPUs, a little slower.")
     cpu_offload: bool = setting(False, "Saves more memory on small GPUs, much slower.")
+    hub_timeout: float = setting(
+        10.0,
+        "Seconds to wait for the model hub to connect or send data, on every hub call.",
+        range=(1, 300),
+    )
+    check_updates: bool = setting(
+        False,
+        "Ask the hub at each start whether a downloaded model changed (bounded by "
+        "hub_timeout); off: a complete cache starts without any hub call.",
+    )
 
 
 @dataclass

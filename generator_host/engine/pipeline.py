@@ -26,7 +26,7 @@ from generator_host.core.generation import (
     Requester,
 )
 from generator_host.core.settings import FAMILIES, ModelSettings, SafetySettings, cache_dir
-from generator_host.engine import memory, precision, threads
+from generator_host.engine import hub, memory, precision, threads
 from generator_host.engine import vae as decoders
 from generator_host.engine.categories import CategoryError, load_categories
 from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
@@ -205,6 +205,9 @@ class Engine:
         if settings.family not in FAMILIES:
             raise EngineError(f"[model] family must be one of {FAMILIES}, not {settings.family!r}")
         source, local = resolve_source(settings.model)
+        hub.configure(
+            hub.HubOptions(timeout=settings.hub_timeout, check_updates=settings.check_updates)
+        )
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(self.device, settings.dtype)
         pipe = self._load_pipeline(source, local)
@@ -269,11 +272,12 @@ class Engine:
 
     def _load_pipeline(self, source: str, local: bool) -> Any:
         import diffusers.utils.logging as diffusers_logging
+        import torch
         import transformers.utils.logging as transformers_logging
         from diffusers import AutoPipelineForText2Image
 
-        # "Loading pipeline components" bars say nothing to a streamer; the hub's own
-        # download bars (huggingface_hub) stay, so a first download still shows progress.
+        # "Loading pipeline components" bars say nothing to a streamer; downloads show
+        # their own progress (engine/hub.py), which these switches do not turn off.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
 
@@ -281,41 +285,17 @@ class Engine:
             raise EngineError(
                 f"{source!r} is not a diffusers model folder (model_index.json is missing)"
             )
-        if not local:
-            self._announce_download(source)
-        import torch
-
-        if not local and self.dtype == torch.float16:
-            try:  # half the download where the repo has fp16 files (sd-turbo, sdxl-turbo)
-                return AutoPipelineForText2Image.from_pretrained(
-                    source, dtype=self.dtype, variant="fp16"
-                )
-            except Exception:  # noqa: BLE001 - no fp16 variant: load the full files below
-                log.info("no fp16 variant of %s; loading the full-precision files", source)
+        folder, variant = source, None
+        if not local:  # download once (or find it complete in the cache), then load locally
+            fetched = _fetch(source, fp16=self.dtype == torch.float16, label="model")
+            folder, variant = str(fetched.folder), fetched.variant
         try:
-            return AutoPipelineForText2Image.from_pretrained(source, dtype=self.dtype)
+            return AutoPipelineForText2Image.from_pretrained(
+                folder, dtype=self.dtype, variant=variant
+            )
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes a reason
             where = "folder" if local else "model"
-            raise EngineError(f"cannot load {where} {source!r}: {_short(exc)}") from exc
-
-    def _announce_download(self, repo: str) -> None:
-        """Say where the hub cache is, and that a first download takes a while."""
-        try:
-            from huggingface_hub import constants, try_to_load_from_cache
-
-            cached = try_to_load_from_cache(repo, "model_index.json")
-            cache = constants.HF_HUB_CACHE
-        except Exception:  # noqa: BLE001 - only a log line depends on it
-            return
-        if isinstance(cached, str):
-            log.info("model %s found in the cache at %s", repo, cache)
-        else:
-            log.warning(
-                "model %s is not downloaded yet: downloading it once into %s "
-                "(several GB; progress below)",
-                repo,
-                cache,
-            )
+            raise EngineError(f"cannot load {where} {source!r}: {_reason(exc)}") from exc
 
     def _attach_checker(self, checker: Any, extractor: Any, folder: str | None) -> None:
         import torch
@@ -327,6 +307,8 @@ class Engine:
             checker_from = self.safety_settings.checker
             source = self.safety_settings.checker
             log.info("the model has no safety checker; loading %s", source)
+            if not Path(source).expanduser().exists():  # a hub id: download it once
+                source = str(_fetch(source, label="safety checker").folder)
             try:
                 checker, extractor = load_checker(source, self.device, dtype)
             except SafetyError as exc:
@@ -737,6 +719,20 @@ class Engine:
 
 def _anonymous_request(p: GenerationParams) -> GenerationRequest:
     return GenerationRequest(id="", requester=Requester(login=""), params=p, created=time.time())
+
+
+def _fetch(repo: str, *, fp16: bool = False, label: str) -> hub.Fetched:
+    """hub.fetch, its failures as EngineError (the same text: cause and next step)."""
+    try:
+        return hub.fetch(repo, fp16=fp16, label=label)
+    except hub.HubError as exc:
+        raise EngineError(str(exc)) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """The whole first line of a loader's error: which file is missing is in its tail."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _short(exc: BaseException) -> str:

@@ -72,6 +72,7 @@ class FakeHub:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: list[socket.socket] = []
 
     # ----- control -----
     def start(self) -> FakeHub:
@@ -82,6 +83,11 @@ class FakeHub:
 
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with hub._lock:
+                    hub._connections.append(self.connection)
 
             def do_HEAD(self) -> None:  # noqa: N802
                 hub._handle(self, head=True)
@@ -95,10 +101,15 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        """Stop listening and close every open connection (kept-alive ones too)."""
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
     @property
     def port(self) -> int:

@@ -8,6 +8,7 @@ packets, a model that does not exist, and Ctrl-C during the download.
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -223,6 +224,7 @@ def test_an_interrupted_download_continues_on_the_next_start_with_the_missing_fi
 def test_a_model_that_does_not_exist_says_so_before_announcing_any_download(
     options: hub.HubOptions, fake_hub: FakeHub, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     with pytest.raises(hub.HubError) as caught:
         hub.fetch("nobody/no-such-model")
     assert "'nobody/no-such-model' does not exist on the hub" in str(caught.value)
@@ -406,6 +408,8 @@ def test_the_engine_on_the_fp16_path_loads_the_fp16_files_after_a_transient_erro
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", fake_hub.url)
+    template = fake_hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(hub.time, "sleep", lambda s: None)

@@ -400,7 +400,9 @@ def _download_file(repo: str, name: str, commit: str, title: str, label: str) ->
             return
         except Exception as exc:  # noqa: BLE001 - sorted below
             error = explain(exc, repo, label, f"downloading {name}")
-            if attempt == ATTEMPTS or not _transient(exc):
+            # Network errors were already retried inside huggingface_hub (HEAD with backoff,
+            # GET resumed by Range); a GET answered 5xx was not: that is retried here.
+            if attempt == ATTEMPTS or not _server_error(exc):
                 raise error from exc
             wait = 2 ** (attempt - 1)
             log.warning(
@@ -409,11 +411,19 @@ def _download_file(repo: str, name: str, commit: str, title: str, label: str) ->
             time.sleep(wait)
 
 
+def _server_error(exc: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    response = getattr(exc, "response", None) if isinstance(exc, HfHubHTTPError) else None
+    return response is not None and response.status_code >= 500
+
+
 def _transient(exc: BaseException) -> bool:
     """A server error or a lost connection: worth another try; a 404 or a full disk is not."""
     import httpx2
     from huggingface_hub.errors import HfHubHTTPError
 
+    exc = _root(exc)
     if isinstance(exc, HfHubHTTPError):
         response = getattr(exc, "response", None)
         return response is not None and response.status_code >= 500
@@ -437,6 +447,7 @@ def explain(exc: BaseException, repo: str, label: str, doing: str) -> HubError:
 
     if isinstance(exc, HubError):
         return exc
+    exc = _root(exc)
     hub = _endpoint()
     t = f"{_options.timeout:g} s"
     if isinstance(exc, GatedRepoError):
@@ -490,6 +501,15 @@ def explain(exc: BaseException, repo: str, label: str, doing: str) -> HubError:
             f"or set HF_HOME to a bigger disk, then {AGAIN}"
         )
     return HubError(f"{doing} for {label} {repo} failed: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The network error under huggingface_hub's "cannot find it in the cache" error."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 def _first_line(exc: BaseException) -> str:

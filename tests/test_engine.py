@@ -253,7 +253,7 @@ def test_missing_and_corrupt_model_folders_fail_with_clear_reasons(
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(EngineError, match="cannot load folder"):
         load(str(broken))
-    with pytest.raises(EngineError, match="cannot load model 'nobody/not-downloaded'"):
+    with pytest.raises(EngineError, match="nobody/not-downloaded is not downloaded yet"):
         load("nobody/not-downloaded")  # offline and not cached: fails at once
 
 

@@ -537,7 +537,7 @@ class DownloadProgress(_tqdm_base()):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.pop("name", None)
         self._out = kwargs.get("file") or sys.stderr
-        self._tty = bool(getattr(self._out, "isatty", lambda: False)())
+        self._tty = _terminal_columns(self._out) > 0
         kwargs.update(
             disable=False,
             desc=self.title or kwargs.get("desc"),
@@ -564,6 +564,15 @@ class DownloadProgress(_tqdm_base()):  # type: ignore[misc]
             self._out.write(self.format_meter(**self.format_dict) + "\n")
             self._out.flush()
         return True
+
+
+def _terminal_columns(stream: Any) -> int:
+    """Width of the terminal `stream` writes to; 0 when it is not one (or has no width:
+    a live bar would then print nothing)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else 0
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 class _Discard:

@@ -80,6 +80,7 @@ class Fetched:
 
 
 _options = HubOptions()
+_hub_down = False  # an update check of this start found the hub unreachable
 
 
 def configure(options: HubOptions) -> None:
@@ -87,8 +88,9 @@ def configure(options: HubOptions) -> None:
 
     Safe to call more than once (each Engine load calls it with its settings).
     """
-    global _options
+    global _options, _hub_down
     _options = options
+    _hub_down = False
     # transformers would ask the hub (and an external service) to convert a .bin checkpoint
     # to safetensors in a background thread; the host makes only the calls it announces.
     os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
@@ -272,8 +274,9 @@ def fetch(repo: str, *, fp16: bool = False, label: str = "model") -> Fetched:
     """
     from huggingface_hub import constants
 
+    global _hub_down
     have = cached(repo, fp16)
-    if have is not None and not _options.check_updates:
+    if have is not None and (not _options.check_updates or _hub_down):
         log.info("%s %s: complete in the cache (%s); no hub calls", label, repo, have.folder)
         return have
     if constants.is_offline_mode():
@@ -289,6 +292,7 @@ def fetch(repo: str, *, fp16: bool = False, label: str = "model") -> Fetched:
         error = explain(exc, repo, label, "asking the hub for its file list")
         if have is not None:
             log.warning("cannot check %s for updates (%s); starting from the cache", repo, error)
+            _hub_down = _transient(exc)  # the next model of this start does not wait again
             return have
         older = _unrecorded_copy(repo, fp16)
         if older is not None and _transient(exc):

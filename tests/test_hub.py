@@ -305,9 +305,16 @@ def test_first_start_shows_download_progress_then_is_ready_and_paints(
     # Quiet otherwise: no request logs, no warnings from the libraries, no tracebacks.
     for noise in ("HTTP Request", "httpx", "Warning", "deprecat", "Traceback"):
         assert noise not in text, f"{noise!r} in:\n{text}"
-    # No call the host did not announce (the checker's .bin: no safetensors conversion).
+    # No call the host did not announce: the two repos' file lists and the files it
+    # named (not the checker's safetensors conversion, nor telemetry, nor skipped files).
     paths = [r[1] for r in server.requests]
-    assert not [p for p in paths if "discussions" in p or "sd_turbo.safetensors" in p], paths
+    unannounced = [
+        p
+        for p in paths
+        if p not in (f"/api/models/{SD_TURBO}", f"/api/models/{CHECKER}") and "/resolve/" not in p
+    ]
+    assert unannounced == [], unannounced
+    assert not [p for p in paths if p.endswith(("sd_turbo.safetensors", ".msgpack"))], paths
 
 
 @pytest.mark.model

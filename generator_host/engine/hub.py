@@ -96,6 +96,11 @@ def configure(options: HubOptions) -> None:
     os.environ["DISABLE_SAFETENSORS_CONVERSION"] = "1"
     from huggingface_hub import constants, set_client_factory
 
+    # Without this, huggingface_hub's first request of a day also asks the hub for its
+    # "agent harnesses" list (telemetry for the user agent): a call nobody announced,
+    # and up to 3 s more on a hub that hangs.
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    constants.HF_HUB_DISABLE_TELEMETRY = True
     constants.HF_HUB_ETAG_TIMEOUT = int(max(1, options.timeout))
     constants.HF_HUB_DOWNLOAD_TIMEOUT = int(max(1, options.timeout))
     set_client_factory(lambda: _bounded_client(options.timeout))
@@ -280,8 +285,9 @@ def fetch(repo: str, *, fp16: bool = False, label: str = "model") -> Fetched:
         log.info("%s %s: complete in the cache (%s); no hub calls", label, repo, have.folder)
         return have
     if constants.is_offline_mode():
-        if have is not None:
-            return have
+        older = have or _unrecorded_copy(repo, fp16)
+        if older is not None:
+            return older
         raise HubError(
             f"{label} {repo} is not downloaded yet and HF_HUB_OFFLINE is set: unset "
             "HF_HUB_OFFLINE so it can download, or set [model] model to a downloaded folder"

@@ -138,12 +138,17 @@ class TextEmbeddings:
 
         folder = Path(self.source).expanduser()
         source = str(folder) if folder.is_dir() else self.source
-        if not folder.is_dir():
-            log.info(
-                "loading the CLIP text model %s for the safety category phrases (a first "
-                "start downloads it once into the hub cache, about 1.7 GB)",
-                source,
-            )
+        if not folder.is_dir():  # a hub id: downloaded once, with progress (engine/hub.py)
+            from generator_host.engine import hub
+
+            try:
+                source = str(hub.fetch(self.source, label="CLIP text model").folder)
+            except hub.HubError as exc:
+                raise CategoryError(
+                    f"{exc}. Or set [safety] categories_text_model to a downloaded folder, "
+                    "or turn the categories off (enabled = false in each "
+                    "[safety.categories.NAME])."
+                ) from exc
         try:
             self._tokenizer = CLIPTokenizer.from_pretrained(source)
             model = CLIPTextModelWithProjection.from_pretrained(source)

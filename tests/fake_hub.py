@@ -13,8 +13,9 @@ or for the whole hub (`mode = "hang"`: accept and never answer). `requests` reco
 complete (a listening socket with a full backlog): a network dropping packets.
 
 `build_repos` lays out tiny repositories like stabilityai/sd-turbo (with .fp16. files and a
-top-level single-file checkpoint), a repo without fp16 files, and
-CompVis/stable-diffusion-safety-checker (pytorch_model.bin), from the tiny model.
+top-level single-file checkpoint), a repo without fp16 files,
+CompVis/stable-diffusion-safety-checker (pytorch_model.bin) and the CLIP text tower the
+safety categories download (openai/clip-vit-large-patch14), from the tiny model.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 SD_TURBO = "stabilityai/sd-turbo"
 NO_FP16 = "example/sd-no-fp16"
 CHECKER = "CompVis/stable-diffusion-safety-checker"
+CLIP_TEXT = "openai/clip-vit-large-patch14"  # the safety categories' text tower ("auto")
 
 
 class Repo:
@@ -420,4 +422,7 @@ def build_repos(tiny_model: Path, root: Path) -> dict[str, Path]:
     extractor.save_pretrained(ck)
     (ck / "flax_model.msgpack").write_bytes(b"\0" * 2048)
     (ck / "README.md").write_text("# safety checker (tiny test copy)\n")
-    return {SD_TURBO: turbo, NO_FP16: plain, CHECKER: ck}
+    clip = root / "clip-text"
+    shutil.copytree(tiny_model / "clip_text", clip)
+    (clip / "flax_model.msgpack").write_bytes(b"\0" * 2048)
+    return {SD_TURBO: turbo, NO_FP16: plain, CHECKER: ck, CLIP_TEXT: clip}

@@ -19,6 +19,7 @@ import pytest
 from generator_host.engine import hub
 from tests.fake_hub import (
     CHECKER,
+    CLIP_TEXT,
     NO_FP16,
     SD_TURBO,
     BlackHole,
@@ -297,6 +298,7 @@ def test_first_start_shows_download_progress_then_is_ready_and_paints(
     for what in (
         f"downloading model {SD_TURBO}",
         f"downloading safety checker {CHECKER}",
+        f"downloading CLIP text model {CLIP_TEXT}",
     ):
         assert what in text, text
     progress = [x for x in host.err if "B/s" in x and " left" in x]
@@ -311,7 +313,8 @@ def test_first_start_shows_download_progress_then_is_ready_and_paints(
     unannounced = [
         p
         for p in paths
-        if p not in (f"/api/models/{SD_TURBO}", f"/api/models/{CHECKER}") and "/resolve/" not in p
+        if p not in (f"/api/models/{r}" for r in (SD_TURBO, CHECKER, CLIP_TEXT))
+        and "/resolve/" not in p
     ]
     assert unannounced == [], unannounced
     assert not [p for p in paths if p.endswith(("sd_turbo.safetensors", ".msgpack"))], paths

@@ -280,6 +280,15 @@ def fetch(repo: str, *, fp16: bool = False, label: str = "model") -> Fetched:
     from huggingface_hub import constants
 
     global _hub_down
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as exc:
+        raise HubError(
+            f"{label} {repo!r} is neither a folder here nor a hub id (like stabilityai/sd-turbo)"
+        ) from exc
     have = cached(repo, fp16)
     if have is not None and (not _options.check_updates or _hub_down):
         log.info("%s %s: complete in the cache (%s); no hub calls", label, repo, have.folder)

@@ -130,8 +130,13 @@ def options(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) 
     hub.configure(hub.HubOptions())
 
 
-def _weights(server: FakeHub) -> list[str]:
-    return [r[1].split("/resolve/")[1].split("/", 1)[1] for r in server.gets(".safetensors")]
+def _weights(server: FakeHub, repo: str = SD_TURBO) -> list[str]:
+    """The weight files of `repo` downloaded so far, in order."""
+    return [
+        r[1].split("/resolve/")[1].split("/", 1)[1]
+        for r in server.gets(".safetensors")
+        if r[1].startswith(f"/{repo}/")
+    ]
 
 
 @pytest.mark.model
@@ -184,7 +189,7 @@ def test_a_repo_without_fp16_files_loads_full_precision_on_the_fp16_path(
 ) -> None:
     got = hub.fetch(NO_FP16, fp16=True)
     assert got.variant is None
-    assert "unet/diffusion_pytorch_model.safetensors" in _weights(fake_hub)
+    assert "unet/diffusion_pytorch_model.safetensors" in _weights(fake_hub, NO_FP16)
 
 
 @pytest.mark.model

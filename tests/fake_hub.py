@@ -300,7 +300,8 @@ class HostRun:
         env: dict[str, str] | None = None,
         **model: Any,
     ) -> None:
-        values = {"device": '"cpu"', **{k: _toml(v) for k, v in model.items()}}
+        # vae = "full": the tiny VAE's repo is not served here (its download is hub.fetch too).
+        values = {"device": '"cpu"', "vae": '"full"', **{k: _toml(v) for k, v in model.items()}}
         config = home / "config.toml"
         config.write_text(
             "[twitch]\n"

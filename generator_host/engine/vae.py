@@ -65,7 +65,7 @@ def tiny_source(settings: ModelSettings, family: str) -> str:
 def load_tiny(source: str, device: str, dtype: Any) -> Any:
     """`AutoencoderTiny` from a folder or a hub id (downloaded once, ~10 MB), ready to run.
 
-    A hub id goes through `from_pretrained` plainly, so the hub's own download bar shows.
+    A hub id is fetched by engine/hub.py (progress, timeouts, no hub call once complete).
     """
     from diffusers import AutoencoderTiny
 
@@ -73,7 +73,14 @@ def load_tiny(source: str, device: str, dtype: Any) -> Any:
     if not text:
         raise VaeError("[model] tiny_vae is empty: set it to madebyollin/taesd or a folder")
     path = Path(text).expanduser()
-    where = str(path) if path.exists() else text
+    where = str(path)
+    if not path.exists():  # a hub id: downloaded once, with progress and timeouts
+        from generator_host.engine import hub
+
+        try:
+            where = str(hub.fetch(text, label="tiny VAE").folder)
+        except hub.HubError as exc:
+            raise VaeError(f'{exc}; or set [model] vae = "full"') from exc
     try:
         vae = AutoencoderTiny.from_pretrained(where, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one clear reason

@@ -78,7 +78,7 @@ def load_tiny(source: str, device: str, dtype: Any) -> Any:
         from generator_host.engine import hub
 
         try:
-            where = str(hub.fetch(text, label="tiny VAE").folder)
+            where = str(hub.fetch(text, label="tiny VAE decoder").folder)
         except hub.HubError as exc:
             raise VaeError(f'{exc}; or set [model] vae = "full"') from exc
     try:

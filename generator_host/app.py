@@ -648,14 +648,15 @@ def run_demo(settings: Settings, home: Path) -> int:
 
 def _run_demo(settings: Settings, home: Path) -> int:
     from generator_host.edges.chat.console import ConsoleAdapter
-    from generator_host.engine.tiny_model import build_tiny_model, default_tiny_model_dir
+    from generator_host.engine.demo_model import build_demo_model
+    from generator_host.engine.tiny_model import default_tiny_model_dir
 
     folder = default_tiny_model_dir()
     print(f"Chat Diffusion demo. Tiny random-weight model (builds once): {folder}", flush=True)
     _preflight(settings, home)
     started = time.monotonic()
     try:
-        build_tiny_model(folder)
+        build_demo_model(folder)
     except OSError as exc:
         raise StartupError(
             f"cannot build the demo model in {folder} ({exc.strerror or exc}); "

@@ -16,6 +16,7 @@ from typing import Any
 
 from generator_host import __version__
 from generator_host.core.settings import (
+    APPROVAL_MODES,
     GRIDS,
     Settings,
     data_dir,
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(demo)
     demo.add_argument("--grid", type=int, choices=list(GRIDS), help="images per request")
+    demo.add_argument(
+        "--approval-mode",
+        choices=list(APPROVAL_MODES),
+        help="what a flagged picture shows (default blur); try it with !generate a red fox seed=13",
+    )
 
     run = sub.add_parser(
         "run",
@@ -159,6 +165,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = _apply_common(args, settings) / "demo"
     if args.grid:
         settings.show.grid = args.grid
+    if args.approval_mode:
+        settings.safety.approval_mode = args.approval_mode
     return run_demo(settings, home)
 
 

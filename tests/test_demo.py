@@ -6,6 +6,7 @@ OBS script, so this proves chat -> show -> engine -> gallery -> link without OBS
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import websocket
 from PIL import Image
@@ -160,3 +162,52 @@ def test_demo_stops_at_once_while_the_terminal_is_still_open(
         if proc.poll() is None:
             proc.kill()
     assert code == 0, "\n".join(lines)
+
+
+def test_demo_shows_the_safety_filter_on_the_seed_the_readme_names(
+    tmp_path: Path, demo_cache: Path
+) -> None:
+    """The README's `!generate a red fox seed=13` comes out blurred; seed 14 does not."""
+    proc, lines = start_demo(tmp_path, demo_cache)
+    try:
+        port = int(wait_for(lines, r"OBS link listening on port (\d+)", 120).group(1))
+        wait_for(lines, r"^Ready\.", 30)
+        token = (tmp_path / "data" / "chat-diffusion" / "link-token").read_text().strip()
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}", timeout=30, suppress_origin=True)
+        ws.send(json.dumps({"v": 1, "type": "hello", "token": token, "client": "test"}))
+        assert proc.stdin is not None
+        proc.stdin.write("!generate a red fox seed=13\n!generate a red fox seed=14\n")
+        proc.stdin.flush()
+        shown: dict[int, dict] = {}
+        deadline = time.monotonic() + 90
+        while len(shown) < 2 and time.monotonic() < deadline:
+            msg = protocol.decode(ws.recv(), "host").message
+            if msg and msg["type"] == "show":
+                shown[msg["entry_id"]] = msg
+        ws.close()
+        assert len(shown) == 2, "\n".join(lines)
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    screens = [line for line in lines if line.startswith("[screen] picture")]
+    assert len(screens) == 2, "\n".join(lines)
+    assert "BLURRED" in screens[0], "\n".join(lines)
+    assert "BLURRED" not in screens[1], "\n".join(lines)
+    # OBS got a blurred picture for seed 13 and the picture itself for seed 14
+    gallery = tmp_path / "data" / "chat-diffusion" / "demo" / "gallery"
+    originals = {}
+    for png in gallery.rglob("*.png"):
+        with Image.open(png) as img:
+            seed = re.search(r"Seed: (\d+)", img.info["parameters"]).group(1)
+            originals[seed] = np.asarray(img.convert("RGB"), dtype=np.int16)
+    first, second = (shown[k] for k in sorted(shown))
+    assert first["blurred"] and not second["blurred"]
+    on_screen = []
+    for msg in (first, second):
+        with Image.open(io.BytesIO(msg["image"])) as img:
+            on_screen.append(np.asarray(img.convert("RGB"), dtype=np.int16))
+    assert set(originals) == {"13", "14"}
+    assert np.abs(on_screen[0] - originals["13"]).mean() > 5, "seed 13 is shown unblurred"
+    assert np.abs(on_screen[1] - originals["14"]).mean() < 1, "seed 14 is shown altered"

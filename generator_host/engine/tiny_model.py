@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,36 +39,48 @@ def default_tiny_model_dir() -> Path:
     return settings.cache_dir() / "tiny-sd"
 
 
-def is_complete(folder: Path) -> bool:
+def is_complete(folder: Path, variant: str = "") -> bool:
+    """True when `folder` holds a finished build of this BUILD_VERSION and `variant`."""
     marker = folder / COMPLETE_MARKER
     try:
-        return marker.read_text(encoding="utf-8").strip() == str(BUILD_VERSION)
+        return marker.read_text(encoding="utf-8").strip() == f"{BUILD_VERSION}{variant}"
     except OSError:
         return False
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    folder: Path,
+    seed: int = 0,
+    *,
+    finish: Callable[[Path], None] | None = None,
+    variant: str = "",
+) -> Path:
     """Build the tiny pipeline into `folder`, or reuse it when a complete build is there.
 
     The build goes to a temporary sibling folder that is renamed into place at the end,
     so a crash or a concurrent builder never leaves a half-written model behind.
+    `finish(tmp_folder)` may change the built model before it is marked complete (the
+    demo plants a concept); `variant` tags such a build, so a plain build is not reused
+    for it, nor it for a plain one. The random draws of the plain build never change.
     """
     folder = Path(folder)
-    if is_complete(folder):
+    if is_complete(folder, variant):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=folder.parent))
     try:
         _write_pipeline(tmp, seed)
-        (tmp / COMPLETE_MARKER).write_text(str(BUILD_VERSION), encoding="utf-8")
+        if finish is not None:
+            finish(tmp)
+        (tmp / COMPLETE_MARKER).write_text(f"{BUILD_VERSION}{variant}", encoding="utf-8")
         if folder.exists():
-            if is_complete(folder):  # another process finished first
+            if is_complete(folder, variant):  # another process finished first
                 return folder
             shutil.rmtree(folder)  # an old or broken build
         try:
             os.replace(tmp, folder)
         except OSError:
-            if not is_complete(folder):
+            if not is_complete(folder, variant):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -405,5 +417,7 @@ def plant_phrase(folder: Path, phrase: str, vector: Any, others: Sequence[str] =
 
 
 if __name__ == "__main__":  # pragma: no cover - a convenience for the demo
+    from generator_host.engine.demo_model import build_demo_model
+
     logging.basicConfig(level=logging.INFO)
-    print(build_tiny_model(default_tiny_model_dir()))
+    print(build_demo_model(default_tiny_model_dir()))

@@ -1,0 +1,52 @@
+"""The demo's model: the tiny random-weight pipeline, with one planted checker concept.
+
+Why: a random checker never flags a generated picture at the panel's offsets, so a
+newcomer could never see the safety filter at work. A random tiny model also ignores the
+prompt (a prompt word cannot be made to trip it robustly), but its pictures depend
+strongly and deterministically on the seed. So the demo build points one concept at the
+picture `!generate a red fox seed=13` makes at the demo's default settings, with a
+threshold in the measured gap between that picture (and the same seed's pictures for
+other prompts) and every other seed's pictures. Only the demo's folder carries it: the
+plain tiny model the tests build is untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from generator_host.engine.tiny_model import build_tiny_model, plant_concept_in_folder
+
+DEMO_PROMPT = "a red fox"
+DEMO_SEED = 13
+# Cosine with the planted picture's embedding, measured at the demo's defaults (25 steps,
+# 64x64, torch 1 and 2 threads): the planted picture 1.0; seed 13 with other prompts
+# 0.83 and up; seeds 0..200 other than 13 at most 0.XX. The threshold sits in that gap.
+DEMO_THRESHOLD = 0.75
+DEMO_VARIANT = f"+demo-seed{DEMO_SEED}-{DEMO_THRESHOLD}"
+
+
+def build_demo_model(folder: Path) -> Path:
+    """Build (once) the demo's tiny model into `folder`, its concept planted."""
+    return build_tiny_model(folder, finish=plant_demo_concept, variant=DEMO_VARIANT)
+
+
+def demo_picture(folder: Path):  # noqa: ANN201 - a PIL image; Pillow is imported lazily
+    """The picture the demo makes for DEMO_PROMPT at DEMO_SEED with its default settings."""
+    from generator_host.core.generation import GenerationParams
+    from generator_host.core.settings import ModelSettings, SafetySettings
+    from generator_host.engine.pipeline import Engine
+
+    engine = Engine(
+        ModelSettings(model=str(folder), device="cpu", warmup=False),
+        SafetySettings(),
+    )
+    engine.load()
+    params = GenerationParams(
+        prompt=DEMO_PROMPT, steps=0, guidance=-1.0, width=0, height=0, seed=DEMO_SEED
+    )
+    return engine.generate(params).images[0].image
+
+
+def plant_demo_concept(folder: Path) -> None:
+    """Point concept 0 of the checker in `folder` at the demo's planted picture."""
+    plant_concept_in_folder(folder, demo_picture(folder), threshold=DEMO_THRESHOLD)

@@ -1,13 +1,12 @@
 """The demo's model: the tiny random-weight pipeline, with one planted checker concept.
 
 Why: a random checker never flags a generated picture at the panel's offsets, so a
-newcomer could never see the safety filter at work. A random tiny model also ignores the
-prompt (a prompt word cannot be made to trip it robustly), but its pictures depend
+newcomer could never see the safety filter at work. A random tiny model barely listens to
+the prompt (a prompt word cannot be made to trip it robustly), but its pictures depend
 strongly and deterministically on the seed. So the demo build points one concept at the
 picture `!generate a red fox seed=13` makes at the demo's default settings, with a
-threshold in the measured gap between that picture (and the same seed's pictures for
-other prompts) and every other seed's pictures. Only the demo's folder carries it: the
-plain tiny model the tests build is untouched.
+threshold in the measured gap between that picture and other seeds' pictures. Only the
+demo's folder carries it: the plain tiny model the tests build is untouched.
 """
 
 from __future__ import annotations
@@ -18,10 +17,12 @@ from generator_host.engine.tiny_model import build_tiny_model, plant_concept_in_
 
 DEMO_PROMPT = "a red fox"
 DEMO_SEED = 13
-# Cosine with the planted picture's embedding, measured at the demo's defaults (25 steps,
-# 64x64, torch 1 and 2 threads): the planted picture 1.0; seed 13 with other prompts
-# 0.83 and up; seeds 0..200 other than 13 at most 0.XX. The threshold sits in that gap.
-DEMO_THRESHOLD = 0.75
+# Cosine with the planted picture's embedding at the demo's defaults (25 steps, 64x64),
+# measured over seeds 0..200 (tests/test_demo_model.py checks the verdicts): the planted
+# picture 1.0 (also in a grid, and with 2 torch threads); other seeds mean 0.26, sd 0.22,
+# at most 0.79 (seed 99). The threshold sits in that gap, so the planted picture scores
+# +0.1 and is flagged at every panel offset (-0.05..+0.05) while others stay >= 0.06 below.
+DEMO_THRESHOLD = 0.9
 DEMO_VARIANT = f"+demo-seed{DEMO_SEED}-{DEMO_THRESHOLD}"
 
 

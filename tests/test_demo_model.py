@@ -14,7 +14,7 @@ import torch
 
 from generator_host.core.generation import GenerationParams
 from generator_host.core.settings import ModelSettings, SafetySettings
-from generator_host.engine.demo_model import DEMO_PROMPT, DEMO_SEED, build_demo_model
+from generator_host.engine.demo_model import DEMO_DTYPE, DEMO_PROMPT, DEMO_SEED, build_demo_model
 from generator_host.engine.pipeline import Engine
 from generator_host.engine.tiny_model import build_tiny_model, is_complete
 from tests.fixtures_model import model_libraries_available
@@ -40,7 +40,10 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 
 def demo_engine(folder: Path) -> Engine:
     """The engine as the demo makes it: stock settings but for the model folder."""
-    engine = Engine(ModelSettings(model=str(folder), device="cpu", warmup=False), SafetySettings())
+    engine = Engine(
+        ModelSettings(model=str(folder), device="cpu", dtype=DEMO_DTYPE, warmup=False),
+        SafetySettings(),
+    )
     engine.load()
     return engine
 

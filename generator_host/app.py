@@ -64,7 +64,12 @@ class Host:
         engine: EngineLike | None,
         gallery: GalleryLike,
         link_token: str,
+        *,
+        review_folder: Path | None = None,
+        review_secret: str = "",
     ) -> None:
+        """`review_secret`: the streamer's key to the review page (edges/review); empty:
+        no page. `review_folder` holds its secret and the moderators' file."""
         self.settings = settings
         self.home = home
         self.chat = chat
@@ -78,6 +83,9 @@ class Host:
         for problem in problems + self.show.problems:
             log.warning("settings: %s", problem)
         self.link: Any = None
+        self.review: Any = None  # the review page's server (edges/review), when enabled
+        self.review_folder = review_folder
+        self.review_secret = review_secret
         self.stopped = asyncio.Event()
         self.exit_code = 0
         self.on_screen: dict[str, Any] | None = None  # last `show` frame, resent on connect
@@ -141,6 +149,12 @@ class Host:
         for effect in effects:
             self._effects.put_nowait(effect)
         self._save_state_soon()
+        self._notify_review()
+
+    def _notify_review(self) -> None:
+        """The review page re-reads the show and gallery (debounced there)."""
+        if self.review is not None:
+            self.review.notify()
 
     async def _consume(self) -> None:
         """The one consumer: effects in the show's order, each finished before the next."""
@@ -150,6 +164,7 @@ class Host:
                 await self._execute(effect)
             finally:
                 self._effects.task_done()
+                self._notify_review()  # e.g. a decision now stored in the gallery
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -179,10 +194,12 @@ class Host:
                 log.warning("settings: %s", problem)
         return ev.SettingsChanged(now=now, blocklist=blocklist)
 
-    def change_settings(self, values: dict[str, Any], view: str, role: str = "broadcaster") -> None:
+    def change_settings(
+        self, values: dict[str, Any], view: str, role: str = "broadcaster"
+    ) -> tuple[list[settings_mod.Change], list[str]]:
         """A view proposes live settings: validate once, apply to the next image, log who
         changed what, and send the live values to every connected panel (the proposer's
-        too, so a refused value snaps back)."""
+        too, so a refused value snaps back). Returns (changes, refusals) for the view."""
         changes, refused = settings_mod.apply_changes(self.settings, values, view, role)
         for change in changes:
             log.info("settings: %s", change.describe())
@@ -193,6 +210,7 @@ class Host:
             self.feed(self.settings_changed(time.monotonic()))
         note = "; ".join([c.describe() for c in changes] + [f"refused {r}" for r in refused])
         self._spawn(self._broadcast(self.settings_message(note)))
+        return changes, refused
 
     def _follow_settings(self) -> None:
         """The parts holding a copy of a live setting take the current value (the show
@@ -419,6 +437,7 @@ class Host:
         except OSError as exc:  # port taken, bad TLS files: the streamer fixes a setting
             self.worker.shutdown(wait=False)
             raise StartupError(_link_problem(self.settings.link, exc)) from None
+        await self._start_review()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stopped.set)
@@ -446,6 +465,8 @@ class Host:
         with contextlib.suppress(Exception):
             await self.chat.close()
         await self.link.stop(self._stop_reason)
+        if self.review is not None:
+            await self.review.stop()
         self.worker.shutdown(wait=True, cancel_futures=True)
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
@@ -454,6 +475,27 @@ class Host:
             self._save_task.cancel()
         await self._write_state()  # last, after every task that could change the show
         return self.exit_code
+
+    async def _start_review(self) -> None:
+        """The review page, when enabled; a port in use is one error line, the stream goes on."""
+        if not (self.review_secret and self.settings.review.enabled):
+            return
+        from generator_host.edges.review.auth import ReviewAuth
+        from generator_host.edges.review.server import ReviewServer
+
+        auth = ReviewAuth(self.review_folder or self.home, self.review_secret)
+        review = ReviewServer(self.settings.review, auth, self)
+        try:
+            await review.start()
+        except OSError as exc:
+            log.error(
+                "review page: cannot listen on %s:%d (%s); set [review] port (or enabled = false)",
+                self.settings.review.host,
+                self.settings.review.port,
+                exc.strerror or exc,
+            )
+            return
+        self.review = review
 
     async def _drain(self) -> None:
         """End of input (a piped demo): finish what is queued, then stop."""
@@ -607,9 +649,23 @@ def _serve(
     engine, gallery, token = _prepare(settings, home, token_dir, model_fix, started)
     if engine is None:
         return exit_codes.EXIT_ENGINE
+    review_secret = ""
+    if settings.review.enabled:
+        from generator_host.edges.review.auth import load_or_create_secret
+
+        review_secret = load_or_create_secret(token_dir)
 
     async def main() -> int:
-        host = Host(settings, home, chat, engine, gallery, token)
+        host = Host(
+            settings,
+            home,
+            chat,
+            engine,
+            gallery,
+            token,
+            review_folder=token_dir,
+            review_secret=review_secret,
+        )
 
         def ready(h: Host) -> None:
             print(
@@ -618,6 +674,9 @@ def _serve(
                 f"{settings.link.host}:{h.link.port})",
                 flush=True,
             )
+            if h.review is not None:
+                # the one line with the streamer's secret: printed for them, never logged
+                print(f"Review page: {h.review.url(review_secret)}", flush=True)
             if on_ready is not None:
                 on_ready()
             print("Ready.", flush=True)

@@ -1,5 +1,5 @@
 """`generator-host`: the command line. Subcommands: demo, run, init, login, logout,
-safety-eval.
+mods, safety-eval.
 
 Heavy imports (torch, diffusers) happen inside the subcommands, so `--help` is instant.
 """
@@ -33,6 +33,7 @@ __all__ = ["EXIT_ENGINE", "EXIT_LOGIN", "EXIT_OK", "EXIT_USAGE", "build_parser",
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="where the gallery, state and link token live")
     p.add_argument("--link-port", type=int, help="port for the OBS script (default from config)")
+    p.add_argument("--review-port", type=int, help="port of the review page (default from config)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "login":
             account.add_argument("--no-browser", action="store_true", help="only print the link")
 
+    mods = sub.add_parser(
+        "mods",
+        help="moderators' personal links to the review page (add, list, remove)",
+        description=(
+            "Give a moderator a personal link to the private review page (docs/review.md). "
+            "'add NAME' prints the link once (a new one replaces the old); 'remove NAME' "
+            "stops it at once, and closes their open page."
+        ),
+    )
+    mods.add_argument("action", choices=["add", "list", "remove"])
+    mods.add_argument("name", nargs="?", default="", help="the moderator's name (add, remove)")
+    mods.add_argument("--data-dir", type=Path, help="the host's data folder")
+    mods.add_argument("--config", type=Path, default=None, help="config file ([review] address)")
+
     from generator_host.tools import safety_eval  # its own module: heavy imports stay lazy there
 
     safety_eval.add_parser(sub)
@@ -155,6 +170,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def _apply_common(args: argparse.Namespace, settings: Settings) -> Path:
     if args.link_port is not None:
         settings.link.port = args.link_port
+    if args.review_port is not None:
+        settings.review.port = args.review_port
     return args.data_dir or data_dir()
 
 
@@ -259,6 +276,42 @@ def cmd_logout(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mods(args: argparse.Namespace) -> int:
+    from generator_host.edges.review.auth import ModStore
+    from generator_host.edges.review.server import page_url
+
+    folder: Path = args.data_dir or data_dir()
+    store = ModStore(folder)
+    if args.action == "list":
+        names = store.names()
+        print(
+            "\n".join(names)
+            if names
+            else "No moderator links. Add one: generator-host mods add NAME"
+        )
+        return EXIT_OK
+    if not args.name:
+        print(f"Name the moderator: generator-host mods {args.action} NAME", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "remove":
+        if not store.remove(args.name):
+            print(f"No moderator named {args.name!r} (see: generator-host mods list)")
+            return EXIT_USAGE
+        print(f"Removed {args.name}: their link stops working now.")
+        return EXIT_OK
+    settings, problems = load_settings(args.config or default_config_path())
+    for problem in problems:
+        log.warning("config: %s", problem)
+    try:
+        secret = store.add(args.name)
+    except ValueError as exc:
+        print(f"Cannot add {args.name!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Review link for {args.name} (send it privately; it works until 'mods remove'):")
+    print(page_url(settings.review, settings.review.port, secret))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -272,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init,
         "login": cmd_login,
         "logout": cmd_logout,
+        "mods": cmd_mods,
     }
     if args.command in handlers:
         return handlers[args.command](args)

@@ -76,7 +76,10 @@ CUDA_BUILDS = (
     ("cu130", (7, 5), None, (580, 0), (580, 0)),  # Turing .. Blackwell (RTX 20xx-50xx)
     ("cu126", (5, 0), (9, 0), (525, 60), (528, 33)),  # Maxwell .. Hopper (GTX 9xx-RTX 40xx)
 )
-TEST_APT_PACKAGES = ("obs-studio", "xvfb")  # --obs: what the end-to-end tests drive
+# --obs: what the end-to-end tests drive (OBS under Xvfb) and Debian's own Chromium with
+# its driver for the review page's browser tests (no browser download)
+TEST_APT_PACKAGES = ("obs-studio", "xvfb", "chromium", "chromium-driver")
+TEST_TOOLS = ("obs", "Xvfb", "chromium", "chromedriver")  # what those packages put on PATH
 # pip packages the tests need beyond pyproject's [dev] extra (installed with --dev),
 # e.g. a browser driver for the review page's tests; empty: nothing more.
 DEV_EXTRA_REQUIREMENTS: tuple[str, ...] = ()
@@ -1248,22 +1251,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 5. OBS itself (optional)
     if args.obs:
-        con.step("OBS Studio and Xvfb (--obs, for the end-to-end tests)")
-        have = shutil.which("obs") and shutil.which("Xvfb")
+        con.step("OBS Studio, Xvfb and Chromium (--obs, for the end-to-end tests)")
+        have = all(shutil.which(tool) for tool in TEST_TOOLS)
         apt_cmd = "apt-get install -y --no-install-recommends " + " ".join(TEST_APT_PACKAGES)
         if system != "Linux":
             con.info("install OBS Studio from https://obsproject.com (not automated here)")
         elif have:
-            con.info("obs and Xvfb are installed")
+            con.info("obs, Xvfb, chromium and chromedriver are installed")
         elif dry:
             con.info("would run: " + apt_cmd)
         elif is_root() and shutil.which("apt-get"):
             rc, lines = apt_install(TEST_APT_PACKAGES, con)
             if rc != 0:
-                con.failure("OBS Studio and Xvfb did not install", lines)
-                failed.append("OBS Studio and Xvfb")
+                con.failure("OBS Studio, Xvfb and Chromium did not install", lines)
+                failed.append("OBS Studio, Xvfb and Chromium")
         else:
-            failed.append("OBS Studio and Xvfb")
+            failed.append("OBS Studio, Xvfb and Chromium")
             con.info("run: sudo " + apt_cmd)
 
     # 6. next steps

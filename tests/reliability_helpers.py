@@ -188,6 +188,7 @@ class HostProcess:
                 "--config", str(self.config),
                 "--data-dir", str(self.data_dir),
                 "--link-port", str(self.link_port),
+                "--review-port", "0",
                 "--log-level", self.log_level,
             ],
             stdin=subprocess.DEVNULL,

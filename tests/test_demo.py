@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ def start_demo(tmp_path: Path, cache: Path) -> tuple[subprocess.Popen, list[str]
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "generator_host", "demo", "--link-port", "0"],
+        [sys.executable, "-m", "generator_host", "demo", "--link-port", "0", "--review-port", "0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -80,6 +82,14 @@ def test_demo_types_a_command_and_the_picture_reaches_obs_and_the_gallery(
         token_file = tmp_path / "data" / "chat-diffusion" / "link-token"
         token = token_file.read_text().strip()
         assert token and token not in "\n".join(lines), "the link token must not be printed"
+        review = wait_for(lines, r"^Review page: (http://127\.0\.0\.1:\d+/)\?key=(\S+)$", 5)
+        secret_file = tmp_path / "data" / "chat-diffusion" / "review-token"
+        assert review.group(2) == secret_file.read_text().strip()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(review.group(1), timeout=30)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(review.group(0).split(" ", 2)[2], timeout=30) as page:
+            assert b"Chat Diffusion review" in page.read()
 
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}", timeout=30, suppress_origin=True)
         ws.send(json.dumps({"v": 1, "type": "hello", "token": token, "client": "test"}))

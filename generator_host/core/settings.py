@@ -365,6 +365,22 @@ class LinkSettings:
 
 
 @dataclass
+class ReviewSettings:
+    """The private review page (docs/review.md): held pictures seen before they go on
+    stream, in an OBS dock and through moderators' links (`generator-host mods add NAME`)."""
+
+    enabled: bool = setting(True, "Serve the review page (its address is printed at start).")
+    host: str = setting(
+        "127.0.0.1",
+        "Keep 127.0.0.1 unless moderators open it from their phones; then set tls_cert and "
+        "tls_key too (without them secrets and pictures cross the network in clear).",
+    )
+    port: int = setting(8766, "The page's port; 0 picks a free one.", range=(0, 65535))
+    tls_cert: str = setting("", "For phones on your network: a TLS certificate (PEM file).")
+    tls_key: str = setting("", "... and its key (PEM file).")
+
+
+@dataclass
 class GallerySettings:
     """Where finished pictures are kept."""
 
@@ -387,6 +403,7 @@ class Settings:
     show: ShowSettings = field(default_factory=ShowSettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
+    review: ReviewSettings = field(default_factory=ReviewSettings)
     gallery: GallerySettings = field(default_factory=GallerySettings)
 
 

@@ -402,6 +402,18 @@ class Gallery:
         image.save(buf, format="PNG", compress_level=1)
         return buf.getvalue()
 
+    def tile_image(self, entry_id: int, index: int) -> Image.Image | None:
+        """One tile as generated (unfiltered), for the private review page only; None when
+        the entry or its files are gone (a rejected entry has none)."""
+        with self._lock:
+            row = self._row(int(entry_id))
+            if row is None or row["outcome"] == approval.Outcome.REJECTED:
+                return None
+            tiles = self._load_tiles(int(entry_id), row)
+        if tiles is None or not 0 <= index < len(tiles):
+            return None
+        return tiles[index]
+
     def tile_path(self, entry_id: int, index: int) -> Path | None:
         """Where a tile's PNG is on disk (public or held), or None when it was not saved."""
         with self._lock:

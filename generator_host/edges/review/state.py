@@ -1,0 +1,152 @@
+"""What the review page shows, as one JSON-able dict built from the show and the gallery.
+
+Two halves: `show_part` reads the show on the loop thread (it is not thread-safe, and it
+is cheap): its entries and, per tile, what the stream shows (`approval.entry_tiles`, the
+same policy that makes `Display`); `gallery_part` then reads the safety scores from the
+PNG metadata on a worker thread (disk). The page gets image URLs, never image bytes, in
+this state; the URLs only answer to an authenticated page (server.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from generator_host.core import approval
+from generator_host.core import settings as settings_mod
+from generator_host.core.approval import APPROVABLE, Tile
+
+HELD_SHOWN = 12  # pictures waiting for review on the page, newest first
+HISTORY_SHOWN = 12
+
+
+def _entry(entry: Any) -> dict[str, Any]:
+    tiles = approval.entry_tiles(entry)
+    filtered = [t is not Tile.CLEAR for t in tiles]
+    return {
+        "id": entry.id,
+        "requester": entry.requester,
+        "prompt": entry.prompt,
+        "negative_prompt": entry.negative_prompt,
+        "seed": entry.seed,
+        "count": entry.count,
+        "outcome": str(entry.outcome),
+        "filtered": filtered,
+        # changes whenever a decision changes what the stream shows (image URLs carry it)
+        "version": "".join(t.value[0] for t in tiles),
+    }
+
+
+def show_part(host: Any, now: float) -> dict[str, Any]:
+    """The show's side (on the loop thread): screen, waiting pictures, queue, settings."""
+    show, s = host.show, host.settings
+    history = show.history
+    queue = [
+        {
+            "position": position,
+            "requester": r.requester.name,
+            "login": r.requester.login,
+            "prompt": r.params.prompt,
+            "eta": round(show.eta(position, now)),
+        }
+        for position, r in enumerate(show.queue_order(), 1)
+    ]
+    running = [
+        {"requester": r.requester.name, "login": r.requester.login, "prompt": r.params.prompt}
+        for r in show.running_batch
+    ]
+    status = (host.status_frame or {}).get("text", "")
+    return {
+        "on_screen": show.on_screen,
+        "held": [_entry(e) for e in waiting(show)][:HELD_SHOWN],
+        "history": [_entry(e) for e in reversed(history)][:HISTORY_SHOWN],
+        "queue": queue,
+        "running": running,
+        "status": status,
+        "settings": live_settings(s),
+    }
+
+
+def waiting(show: Any) -> list[Any]:
+    """Pictures waiting for review, newest first: blurred and held ones in the history and
+    the skipped ones the show still remembers (never on screen, so not in the history)."""
+    found = [e for e in show.history if e.outcome in APPROVABLE]
+    found += [e for e, _msg in show.withheld.values() if e.outcome in APPROVABLE]
+    return sorted(found, key=lambda e: e.id, reverse=True)
+
+
+def find(show: Any, entry_id: int) -> Any:
+    """The show's entry with this id (history or skipped), or None."""
+    entry = show.screen.entry(entry_id)
+    if entry is None and entry_id in show.withheld:
+        entry = show.withheld[entry_id][0]
+    return entry
+
+
+def live_settings(s: Any) -> dict[str, Any]:
+    """The host's live values the review page may change (declared in core/settings.py),
+    by key: threshold_offset, approval_mode, grid, slideshow_seconds, save_images."""
+    return {name.split(".", 1)[1]: v for name, v in settings_mod.live_values(s, "review").items()}
+
+
+def may_change(role: str) -> list[str]:
+    """The live settings this role may change from the page (the declarations say)."""
+    found = settings_mod.live_declarations("review")
+    return [d.key for d in found if d.spec.live.allows("review", role)]
+
+
+@functools.lru_cache(maxsize=256)
+def _safety_of(path: str, _stamp: float) -> dict[str, Any] | None:
+    from generator_host.edges.gallery import read_png_metadata
+
+    try:
+        meta = read_png_metadata(Path(path))["meta"] or {}
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return meta.get("safety")
+
+
+def summarize(safety: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which concept or category came closest to (or past) its threshold, and by how much.
+
+    `score` is the margin the verdict used: the checker's score minus its threshold plus
+    the streamer's offset at the time (positive: past the threshold).
+    """
+    if not safety or not safety.get("scores"):
+        return None
+    scores = safety["scores"]
+    offset = float(safety.get("offset") or 0.0)
+    named = [(f"concept {i + 1}", v + offset) for i, v in enumerate(scores.get("concept") or [])]
+    named += [(f"special {i + 1}", v + offset) for i, v in enumerate(scores.get("special") or [])]
+    if not named:
+        return None
+    worst, score = max(named, key=lambda kv: kv[1])
+    tripped = [n for n, v in sorted(named, key=lambda kv: -kv[1]) if v > 0]
+    return {
+        "flagged": bool(safety.get("flagged")),
+        "worst": worst,
+        "score": round(float(score), 4),
+        "tripped": tripped[:5],
+        "offset": offset,
+    }
+
+
+def gallery_part(gallery: Any, part: dict[str, Any]) -> dict[str, Any]:
+    """Add each waiting picture's tiles (filtered now? safety scores) from the gallery."""
+    for entry in part["held"]:
+        filtered = entry.pop("filtered")
+        tiles = []
+        for k, is_filtered in enumerate(filtered):
+            path = gallery.tile_path(entry["id"], k)
+            safety = None
+            if path is not None:
+                try:
+                    safety = _safety_of(str(path), path.stat().st_mtime)
+                except OSError:
+                    safety = None
+            tiles.append({"n": k + 1, "filtered": is_filtered, "safety": summarize(safety)})
+        entry["tiles"] = tiles
+    for entry in part["history"]:
+        entry.pop("filtered", None)
+    return part

@@ -2,6 +2,6 @@
 stream, by the streamer in an OBS dock and by moderators through personal links.
 
 auth.py: secrets and the moderators' store; state.py: what the page shows; server.py: the
-web server (aiohttp) that feeds clicks to the show as StreamerAction events; static/: the
+web server (aiohttp) that turns clicks into the core's review-page events; static/: the
 page itself (plain HTML, CSS and JavaScript, no build step). See docs/review.md.
 """

@@ -108,7 +108,7 @@ function heldCard(entry, mayReview) {
     }
     tiles.append(box);
   }
-  const reason = el("input", { type: "text", placeholder: "reason (told in chat)", maxlength: "120" });
+  const reason = el("input", { type: "text", placeholder: "reason (for the log)", maxlength: "120" });
   reason.value = drafts.get(entry.id) || "";
   reason.addEventListener("input", () => drafts.set(entry.id, reason.value));
   reason.addEventListener("focus", () => (typingIn = entry.id));

@@ -401,7 +401,7 @@ def test_obs_script_takes_any_host_frame(link_client: Any, raw: Any) -> None:
             item = link_client.inbox.get_nowait()
         except queue.Empty:
             break
-        assert item["type"] in ("show", "clear", "status", "link", "log")
+        assert item["type"] in ("show", "clear", "status", "link", "log", "settings", "undelivered")
         if item["type"] == "log":
             assert "\n" not in item["text"]
         if item["type"] == "show":

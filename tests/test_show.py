@@ -1104,9 +1104,12 @@ def test_the_same_text_is_never_sent_twice_within_30_seconds():
     show = make()
     (first,) = of(chat(show, "ann", "!prompt", now=1), Reply)
     assert first.text == "nothing is on screen" and first.reply_to  # threaded
-    again = chat(show, "ann", "!prompt", now=2)  # threaded to another message: named instead
-    assert replies(again) == ["@Ann nothing is on screen"]
-    assert replies(chat(show, "ann", "!prompt", now=3)) == []  # an exact repeat is dropped
+    (again,) = of(chat(show, "ann", "!prompt", now=2), Reply)  # named, still threaded
+    assert again.text == "@Ann nothing is on screen" and again.reply_to
+    assert replies(chat(show, "ann", "!prompt", now=3)) == ["@Ann nothing is on screen (2)"]
+    for n in range(3, 10):
+        chat(show, "ann", "!prompt", now=3 + n / 10)
+    assert replies(chat(show, "ann", "!prompt", now=4)) == []  # past that: left out
     assert replies(chat(show, "ann", "!prompt", now=32)) == ["nothing is on screen"]
 
 

@@ -249,7 +249,10 @@ def parse_generate(args: str, limits: Limits) -> GenerateArgs | str:
         parsed = _size(value) if key == "size" else _int(value)
         if parsed is None:
             example = "512x512" if key == "size" else "a whole number"
-            problems.append(f"{key}= needs {example}, not {value[:20]!r}")
+            problem = f"{key}= needs {example}"
+            # Each bad option named once: repeats would only make the answer long.
+            if not any(p.startswith(problem) for p in problems):
+                problems.append(f"{problem}, not {value[:20]!r}")
             continue
         opts[key] = parsed
     out = GenerateArgs(prompt=" ".join(words), negative=negative)

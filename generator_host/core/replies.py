@@ -10,8 +10,9 @@ decides what is worth saying with what the limit leaves):
   line per window, naming up to 15 people and counting the rest ("+450 more viewers");
 - courtesy answers (an accepted !generate that starts at once) only while the window
   is less than half used;
-- the same text is never sent twice within 30 s (Twitch drops duplicates): a threaded
-  answer goes out as "@name text" instead, an exact repeat is dropped.
+- the same text is never sent twice within 30 s (Twitch drops duplicates): a repeat
+  names the person ("@name text"), then is numbered ("... (2)"), and keeps its thread;
+  past that it is dropped.
 """
 
 from __future__ import annotations
@@ -139,14 +140,15 @@ class Replies:
 
     def _emit(self, out: list[Effect], text: str, reply_to: str, now: float, to: str = "") -> bool:
         """One Reply, unless Twitch would drop it as a duplicate of a recent one."""
-        line = text if (reply_to or not to) else f"@{to} {text}"
-        if self._duplicate(line, now):
-            if not (reply_to and to):
-                return False
-            line, reply_to = f"@{to} {text}", ""  # threaded repeat: name them instead
-            if self._duplicate(line, now):
-                return False
-        line = line[:500]
+        plain = (text if (reply_to or not to) else f"@{to} {text}")[:500]
+        named = f"@{to} {text}"[:500] if to else plain
+        # A repeat is told apart, not dropped: first by naming the person (still threaded),
+        # then by a number, so a streamer asking !queue twice in a minute gets two answers;
+        # Twitch drops only text equal to one sent in the last 30 s.
+        candidates = [plain, named] + [f"{named[:494]} ({n})" for n in range(2, 10)]
+        line = next((c for c in candidates if not self._duplicate(c, now)), "")
+        if not line:
+            return False
         self._recent[line] = now
         self._recent.move_to_end(line)
         self._sent.spend(now)

@@ -299,7 +299,8 @@ def fetch(repo: str, *, fp16: bool = False, label: str = "model") -> Fetched:
             return older
         raise HubError(
             f"{label} {repo} is not downloaded yet and HF_HUB_OFFLINE is set: unset "
-            "HF_HUB_OFFLINE so it can download, or set [model] model to a downloaded folder"
+            "HF_HUB_OFFLINE so it can download"
+            + (", or set [model] model to a downloaded folder" if label == "model" else "")
         )
     try:
         info = _model_info(repo)

@@ -308,7 +308,13 @@ class Engine:
             source = self.safety_settings.checker
             log.info("the model has no safety checker; loading %s", source)
             if not Path(source).expanduser().exists():  # a hub id: download it once
-                source = str(_fetch(source, label="safety checker").folder)
+                try:
+                    source = str(_fetch(source, label="safety checker").folder)
+                except EngineError as exc:
+                    raise EngineError(
+                        f"{exc}; [safety] checker may name a downloaded folder instead "
+                        "([safety] enabled = false runs without a checker: not recommended)"
+                    ) from exc
             try:
                 checker, extractor = load_checker(source, self.device, dtype)
             except SafetyError as exc:

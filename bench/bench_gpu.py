@@ -90,16 +90,9 @@ TINY_SD_UNET = {
     "cross_attention_dim": 32,
     "norm_num_groups": 2,
 }
-TINY_SDXL_UNET = {
-    "block_out_channels": (4, 8),
-    "layers_per_block": 1,
-    "sample_size": 32,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+TINY_SDXL_UNET = {  # SD's tiny UNet plus what SDXL adds (a second text encoder, time ids)
+    **TINY_SD_UNET,
     "cross_attention_dim": 64,
-    "norm_num_groups": 2,
     "attention_head_dim": (2, 4),
     "use_linear_projection": True,
     "addition_embed_type": "text_time",

@@ -22,6 +22,7 @@ import websocket
 
 from generator_host.core.settings import LinkSettings
 from generator_host.edges import link as link_mod
+from generator_host.edges.failures import FREE_FAILURES
 from generator_host.edges.link import load_or_create_token
 from obs_script import chat_diffusion_protocol as p
 from tests.fixtures_obs import LINK_TOKEN, RunningLink, make_cert, make_png
@@ -91,7 +92,7 @@ def test_wrong_token_is_refused_with_a_clear_reason(link: RunningLink) -> None:
 
 
 def test_repeated_wrong_tokens_are_slowed_down(link: RunningLink) -> None:
-    for _ in range(link_mod.FREE_FAILURES):
+    for _ in range(FREE_FAILURES):
         start = time.monotonic()
         close_of(connect(link.url, token="guess"))
         assert time.monotonic() - start < 0.4

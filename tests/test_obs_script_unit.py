@@ -390,9 +390,9 @@ def test_a_remote_host_over_tls(
 def test_wrong_token_is_reported_and_not_hammered(runner: Runner, link_server: RunningLink) -> None:
     mod = runner.load(host=link_server.url, token="not-the-token")
     runner.pump(lambda: "wrong token" in mod.S.connection)
-    attempts = link_server.server._failures["127.0.0.1"][0]
+    attempts = link_server.server.failures.count("127.0.0.1")
     time.sleep(1.5)
-    assert link_server.server._failures["127.0.0.1"][0] == attempts
+    assert link_server.server.failures.count("127.0.0.1") == attempts
     assert "wrong token" in panel_line(runner)
 
 

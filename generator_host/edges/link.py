@@ -16,7 +16,6 @@ import logging
 import os
 import secrets
 import ssl
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from generator_host.core.settings import LinkSettings
+from generator_host.edges.failures import FailedAttempts
 from generator_host.edges.files import write_private
 from obs_script import chat_diffusion_protocol as protocol
 
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0  # seconds a connection may stay silent before its hello
 SEND_TIMEOUT = 10.0  # a client slower than this for one frame is dropped (it reconnects)
-FREE_FAILURES = 3  # wrong tokens from one address before answers slow down
-MAX_PENALTY = 10.0  # seconds: the longest wait imposed before refusing a token
-FAILURE_MEMORY = 300.0  # seconds after which an address's failures are forgotten
 MAX_ERRORS_IN_A_ROW = 50  # malformed frames in a row before a client is cut off
 # Keepalive (docs/protocol.md, "Liveness"): websockets pings each script this often and
 # drops one whose pong is this late. The script answers at once (it reads whenever bytes
@@ -98,7 +95,7 @@ class LinkServer:
         self._server: Server | None = None
         # authenticated connections, each with a lock that keeps its frames in order
         self._clients: dict[ServerConnection, asyncio.Lock] = {}
-        self._failures: dict[str, tuple[int, float]] = {}
+        self.failures = FailedAttempts()  # wrong tokens per address (edges/failures.py)
         self.port: int = settings.port
 
     @property
@@ -180,22 +177,6 @@ class LinkServer:
             return connection.respond(403, "Browsers may not connect to the OBS link.\n")
         return None
 
-    def _penalty(self, peer: str) -> float:
-        count, last = self._failures.get(peer, (0, 0.0))
-        if time.monotonic() - last > FAILURE_MEMORY:
-            count = 0
-        if count < FREE_FAILURES:
-            return 0.0
-        return min(MAX_PENALTY, 0.5 * 2 ** (count - FREE_FAILURES))
-
-    def _record_failure(self, peer: str) -> None:
-        count, last = self._failures.get(peer, (0, 0.0))
-        if time.monotonic() - last > FAILURE_MEMORY:
-            count = 0
-        self._failures[peer] = (count + 1, time.monotonic())
-        if len(self._failures) > 10000:  # bounded memory under a scan
-            self._failures.clear()
-
     async def _handshake(self, ws: ServerConnection, peer: str) -> dict | None:
         """Wait for a valid hello with the right token; close with a reason otherwise."""
         try:
@@ -213,8 +194,8 @@ class LinkServer:
             await ws.close(code, reason[:120])
             return None
         if not hmac.compare_digest(msg["token"].encode("utf-8"), self._token):
-            delay = self._penalty(peer)
-            self._record_failure(peer)
+            delay = self.failures.penalty(peer)
+            self.failures.failed(peer)
             log.warning("OBS script from %s refused: wrong token", peer)
             if delay:
                 await asyncio.sleep(delay)
@@ -222,7 +203,7 @@ class LinkServer:
                 protocol.CLOSE_BAD_TOKEN, "wrong token: copy the host's link token into the script"
             )
             return None
-        self._failures.pop(peer, None)
+        self.failures.succeeded(peer)
         return msg
 
     async def _handle(self, ws: ServerConnection) -> None:

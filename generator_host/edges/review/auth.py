@@ -18,10 +18,10 @@ import json
 import logging
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from generator_host.edges.failures import FailedAttempts
 from generator_host.edges.files import write_private
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ MODS_FILE = "review-mods.json"
 BROADCASTER = "broadcaster"
 MODERATOR = "moderator"
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-
-FREE_FAILURES = 3  # wrong secrets from one address before answers slow down
-MAX_PENALTY = 10.0  # seconds: the longest wait imposed before refusing a secret
-FAILURE_MEMORY = 300.0  # seconds after which an address's failures are forgotten
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ class ReviewAuth:
         self._mods_path = Path(folder) / MODS_FILE
         self._mods: dict[str, str] = {}
         self._mods_raw: bytes | None = b"unread"
-        self._failures: dict[str, tuple[int, float]] = {}
+        self._failures = FailedAttempts()  # wrong secrets per address (edges/failures.py)
         self.reload()
 
     def reload(self) -> bool:
@@ -152,20 +148,10 @@ class ReviewAuth:
 
     def penalty(self, peer: str) -> float:
         """Seconds to wait before answering a wrong secret from `peer` (grows per failure)."""
-        count, last = self._failures.get(peer, (0, 0.0))
-        if time.monotonic() - last > FAILURE_MEMORY:
-            count = 0
-        return (
-            0.0 if count < FREE_FAILURES else min(MAX_PENALTY, 0.5 * 2 ** (count - FREE_FAILURES))
-        )
+        return self._failures.penalty(peer)
 
     def failed(self, peer: str) -> None:
-        count, last = self._failures.get(peer, (0, 0.0))
-        if time.monotonic() - last > FAILURE_MEMORY:
-            count = 0
-        self._failures[peer] = (count + 1, time.monotonic())
-        if len(self._failures) > 10000:  # bounded memory under a scan
-            self._failures.clear()
+        self._failures.failed(peer)
 
     def succeeded(self, peer: str) -> None:
-        self._failures.pop(peer, None)
+        self._failures.succeeded(peer)

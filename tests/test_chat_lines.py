@@ -280,3 +280,32 @@ def test_a_blocked_negative_prompt_never_comes_back_in_chat(
         return negatives
 
     assert asyncio.run(main()) == ["blurry, text"]
+
+
+# ---- cheers -----------------------------------------------------------------------------
+def test_a_cheer_paints_ahead_of_free_requests_and_a_refused_one_is_told_why(
+    twitch_server: TwitchServer, twitch_settings
+):
+    """`Cheer100 a red fox` (bits=100, the default min_bits) is a request for "a red fox"
+    that waits ahead of free ones; a smaller cheer is just a cheer; a cheer with a blocked
+    word is refused by name, however busy the refusals are."""
+
+    def script(server: TwitchServer) -> None:
+        server.privmsg("ann", "!generate a boat")  # starts at once
+        server.privmsg("bob_b", "!generate a house", tags={"display-name": "Bob"})  # queued #1
+        server.privmsg("cleo", "Cheer100 a red fox", tags={"bits": "100", "id": "cheer-cleo"})
+        server.privmsg("dan", "Cheer50 nice stream", tags={"bits": "50"})  # below min_bits
+        server.privmsg("eve", "Cheer200 nude fox", tags={"bits": "200", "id": "cheer-eve"})
+        server.privmsg("bob_b", "!queue", tags={"display-name": "Bob", "id": "queue-bob"})
+
+    events, said = _chat(twitch_server, twitch_settings, script, expect_events=6)
+    assert [e.text for e in events][2:5] == ["a red fox", "nice stream", "nude fox"]
+    assert [e.bits for e in events] == [0, 0, 100, 50, 200, 0]
+    answers = {}  # the answer threaded under each message, as viewers see it
+    for sent in twitch_server.sent("PRIVMSG"):
+        parent = sent.line.partition("reply-parent-msg-id=")[2].partition(" ")[0]
+        answers[parent] = sent.line.partition("PRIVMSG ")[2].partition(" :")[2]
+    assert "queued #1," in answers["cheer-cleo"], said  # ahead of Bob's
+    assert answers["queue-bob"].startswith("you are #2 of 2"), said
+    assert answers["cheer-eve"].startswith("the prompt contains a blocked word"), said
+    assert len(said) == 5, said  # Ann, Bob, Cleo, Eve, Bob: Dan's plain cheer is not answered

@@ -52,7 +52,7 @@ def regenerate(show: Show, ctx: Ctx) -> None:
 def _refused_now(show: Show, ctx: Ctx) -> bool:
     """Mode, cooldown, per-user and global limits; True when refused (and answered)."""
     mine = len(show.requests_of(ctx.viewer.login))
-    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued)
+    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued, ctx.paid)
     if refusal:
         show.refuse(ctx, refusal.text, refusal.kind.value)
         return True

@@ -1,9 +1,12 @@
 """The fair queue: round-robin across viewers, and which waiting requests share a run.
 
 One viewer's many requests never block everyone else: each viewer has their own line,
-and turns go round. A batch is the next request in that order plus the compatible ones
-behind it (`batch_key`, which the engine also uses to group a batch into pipeline calls);
-a viewer's later request never runs before their earlier one. No I/O.
+and turns go round. Requests marked `ahead` (paid ones: a cheer, a channel-point
+redemption, when the streamer's settings say so) go round first, then the free ones: a
+paid request waits only behind other paid ones. A batch is the next request in that order
+plus the compatible ones behind it (`batch_key`, which the engine also uses to group a
+batch into pipeline calls); a viewer's later request never runs before their earlier one
+of the same tier. No I/O.
 """
 
 from __future__ import annotations
@@ -52,13 +55,17 @@ class FairQueue:
         (line.appendleft if front else line.append)(request)
 
     def order(self) -> list[GenerationRequest]:
-        """The waiting requests in the order they will run (round-robin across viewers)."""
-        rounds = [list(self._lines[login]) for login in self._turns]
+        """The waiting requests in the order they will run: round-robin across viewers,
+        the `ahead` ones first."""
         out: list[GenerationRequest] = []
-        depth, total = 0, sum(map(len, rounds))
-        while len(out) < total:
-            out += [reqs[depth] for reqs in rounds if len(reqs) > depth]
-            depth += 1
+        for ahead in (True, False):
+            rounds = [[r for r in self._lines[login] if r.ahead == ahead] for login in self._turns]
+            depth, total = 0, sum(map(len, rounds))
+            while total:
+                taken = [reqs[depth] for reqs in rounds if len(reqs) > depth]
+                out += taken
+                total -= len(taken)
+                depth += 1
         return out
 
     def __iter__(self) -> Iterator[GenerationRequest]:
@@ -108,11 +115,11 @@ class FairQueue:
         return [self._take(r) for r in batch]
 
     def _take(self, request: GenerationRequest) -> GenerationRequest:
-        """Remove the head of its viewer's line (a batch only takes heads); that viewer's
-        turn moves to the back."""
+        """Remove the request from its viewer's line (the head of its tier: a batch only
+        takes heads); that viewer's turn moves to the back."""
         login = request.requester.login
         line = self._lines[login]
-        line.popleft()
+        line.remove(request)
         self._turns.remove(login)
         if line:
             self._turns.append(login)

@@ -6,6 +6,7 @@ generates), the gallery (which stores) and the link (which shows). No I/O here.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,16 @@ class Requester:
         return self.display_name or self.login
 
 
+class Paid(str, enum.Enum):
+    """How a viewer paid for a request (None: a free chat command)."""
+
+    BITS = "bits"  # a cheer: Twitch has no refunds for bits
+    POINTS = "points"  # a channel-point redemption: refunded when no picture comes
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """A queued request: one chat command's worth of images."""
@@ -50,6 +61,8 @@ class GenerationRequest:
     params: GenerationParams
     created: float  # seconds, from the clock passed into the show
     msg_id: str = ""  # chat message that asked for it (for replies and CLEARMSG)
+    paid: Paid | None = None
+    ahead: bool = False  # waits ahead of free requests (a paid one, when the setting says)
 
 
 @dataclass

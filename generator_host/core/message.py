@@ -35,9 +35,10 @@ class Viewer:
 @dataclass(frozen=True)
 class ChatMessage:
     viewer: Viewer
-    text: str
+    text: str  # a cheer's text comes without its Cheer100-style words
     msg_id: str = ""
     now: float = 0.0
+    bits: int = 0  # a cheer's bits (Twitch's `bits` tag), 0 for a plain message
 
 
 @dataclass(frozen=True)

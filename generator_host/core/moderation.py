@@ -25,6 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from generator_host.core.commands import parse_role
+from generator_host.core.generation import Paid
 from generator_host.core.message import Role, Viewer
 from generator_host.core.settings import ModerationSettings
 
@@ -237,13 +238,25 @@ class Moderator:
         return None
 
     def check_request(
-        self, viewer: Viewer, now: float, queued_by_user: int, queued_total: int
+        self,
+        viewer: Viewer,
+        now: float,
+        queued_by_user: int,
+        queued_total: int,
+        paid: Paid | None = None,
     ) -> Refusal | None:
-        """Why queueing a request now is refused (mode, cooldown, limits), or None."""
+        """Why queueing a request now is refused (mode, cooldown, limits), or None.
+
+        A paid request skips the cooldown and the per-viewer limit: they ration free
+        requests, and a paid one is rationed by its price (and a reward's own cooldowns).
+        A cheer also skips the queue cap, because bits cannot be refunded; a channel-point
+        redemption is refused when the queue is full (its points come back)."""
         if viewer.role < self.mode:
             who = MODE_NAMES.get(self.mode, "moderators")
             return Refusal(RefusalKind.MODE, f"only {who} can request images right now")
-        exempt = viewer.role >= self.exempt
+        if paid is Paid.BITS:
+            return None
+        exempt = viewer.role >= self.exempt or paid is not None
         if not exempt:
             last = self._last_request.get(viewer.login)
             wait = self.settings.user_cooldown_seconds - (now - last) if last is not None else 0

@@ -348,6 +348,20 @@ class ModerationSettings:
 
 
 @dataclass
+class BitsSettings:
+    """Cheers: a cheer with a prompt paints, ahead of free requests. Bits are never refunded."""
+
+    enabled: bool = setting(True, "A cheer of at least min_bits with a prompt is a request.")
+    min_bits: int = setting(
+        100, "The fewest bits a cheer must carry to paint.", range=(1, 1_000_000)
+    )
+    priority: bool = setting(True, "Cheers wait ahead of free requests in the queue.")
+    require_command: bool = setting(
+        False, "Only a cheer that is also a !generate command paints (else any cheer's text)."
+    )
+
+
+@dataclass
 class LinkSettings:
     """Where the OBS script connects."""
 
@@ -402,6 +416,7 @@ class Settings:
     safety: SafetySettings = field(default_factory=SafetySettings)
     show: ShowSettings = field(default_factory=ShowSettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    bits: BitsSettings = field(default_factory=BitsSettings)
     link: LinkSettings = field(default_factory=LinkSettings)
     review: ReviewSettings = field(default_factory=ReviewSettings)
     gallery: GallerySettings = field(default_factory=GallerySettings)

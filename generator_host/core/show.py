@@ -62,7 +62,13 @@ from generator_host.core.events import (
     Tick,
 )
 from generator_host.core.fairqueue import FairQueue
-from generator_host.core.generation import Entry, GenerationParams, GenerationRequest, Requester
+from generator_host.core.generation import (
+    Entry,
+    GenerationParams,
+    GenerationRequest,
+    Paid,
+    Requester,
+)
 from generator_host.core.message import (
     BotStatus,
     ChatMessage,
@@ -118,6 +124,7 @@ class Ctx:
     msg_id: str = ""
     streamer: bool = False  # from OBS or the review page: answers go to the Status line
     out: list[Effect] = field(default_factory=list)
+    paid: Paid | None = None  # a cheer of at least [bits] min_bits, a redemption
 
 
 class Show:
@@ -257,9 +264,13 @@ class Show:
         )
 
     def refuse(self, ctx: Ctx, text: str, kind: str = "") -> None:
-        """Answer a refusal; past the refusal cap it is coalesced by `kind`."""
+        """Answer a refusal; past the refusal cap it is coalesced by `kind`, except a paid
+        one: someone who paid is always told why, by name."""
         if ctx.streamer:
             ctx.out.append(Status(text))
+            return
+        if ctx.paid is not None:
+            self.replies.send(ctx.out, ctx.now, text, ctx.viewer.name, ctx.msg_id)
             return
         self.replies.refuse(ctx.out, ctx.now, text, kind or text, ctx.viewer.name, ctx.msg_id)
 
@@ -275,18 +286,26 @@ class Show:
     # ---- chat events ----------------------------------------------------------------------
     def _on_chat(self, msg: ChatMessage, out: list[Effect]) -> None:
         cmd = cmds.parse_command(msg.text, self.prefix, self.aliases)
+        paid = self._cheer(msg)
+        if cmd is None and paid and msg.text.strip() and not self.settings.bits.require_command:
+            cmd = cmds.Command("generate", msg.text.strip())  # a cheer's text is its prompt
         if cmd is None:
             return
         viewer = msg.viewer
         if self.moderator.is_ignored(viewer.login):
             return
-        ctx = Ctx(viewer=viewer, args=cmd.args, now=msg.now, msg_id=msg.msg_id, out=out)
+        ctx = Ctx(viewer=viewer, args=cmd.args, now=msg.now, msg_id=msg.msg_id, out=out, paid=paid)
         need = self.roles.get(cmd.name, Role.EVERYONE)
         if viewer.role < need:
             text = f"{self.prefix}{cmd.name} is for {cmds.role_name(need)}s and up"
             self.refuse(ctx, text, kind="that command is not for you")
             return
         handlers.HANDLERS[cmd.name](self, ctx)
+
+    def _cheer(self, msg: ChatMessage) -> Paid | None:
+        """A cheer pays for a request when bits are on and it carries at least min_bits."""
+        bits = self.settings.bits
+        return Paid.BITS if bits.enabled and msg.bits >= max(1, bits.min_bits) else None
 
     def streamer_ctx(self, args: str, now: float, out: list[Effect]) -> Ctx:
         """An OBS button, hotkey or review-page click acts as the broadcaster."""
@@ -414,11 +433,17 @@ class Show:
             params=params,
             created=ctx.now,
             msg_id=ctx.msg_id,
+            paid=ctx.paid,
+            ahead=self.jumps_ahead(ctx.paid),
         )
         self.queue.add(request)
         self.moderator.note_request(viewer.login, ctx.now)
         self.last = ask
         return request
+
+    def jumps_ahead(self, paid: Paid | None) -> bool:
+        """Whether a request paid this way waits ahead of free ones (the streamer's choice)."""
+        return paid is Paid.BITS and self.settings.bits.priority
 
     def requests_of(self, login: str) -> list[GenerationRequest]:
         mine = list(self.queue.line(login) or ())

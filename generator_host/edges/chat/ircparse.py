@@ -10,6 +10,8 @@ Twitch Shared Chat mirrors the partner channels' messages into ours with a
 `source-room-id` of their own: they are dropped unless `Room.shared_chat`, and even then
 roles come from `badges` (the viewer's badges in OUR channel), never `source-badges`
 (their badges in the channel they wrote in).
+A cheer (`bits` tag) reaches the show with its bits and its text without the cheermote
+words (`Cheer100`, `Kappa50`, a channel's own `Foo10`): see `cheer_text`.
 Out: `build_privmsg` is the only way a chat message leaves the bot. It removes CR, LF
 and every other control character (so a prompt can never smuggle an extra IRC line),
 caps the text at 500 characters and threads replies with `reply-parent-msg-id`.
@@ -17,6 +19,7 @@ caps the text at 500 characters and threads replies with `reply-parent-msg-id`.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -180,6 +183,55 @@ def without_reply_mention(text: str, tags: dict[str, str]) -> str:
     return text
 
 
+_CHEERMOTE = re.compile(r"[A-Za-z][A-Za-z_]*?(\d+)")
+MAX_BITS = 10_000_000  # more than any single cheer; a bigger tag value is not a number we trust
+# Twitch's global cheermote prefixes (the Helix cheermotes list): removed from a cheer's text
+# even when the amounts do not add up to the tag (a channel's own prefixes are removed only
+# when they do).
+# fmt: off
+GLOBAL_CHEERMOTES = frozenset((
+    "cheer", "doodlecheer", "biblethump", "cheerwhal", "corgo", "uni", "showlove", "party",
+    "seemsgood", "pride", "kappa", "frankerz", "heyguys", "dansgame", "elegiggle", "trihard",
+    "kreygasm", "4head", "swiftrage", "notlikethis", "failfish", "vohiyo", "pjsalt",
+    "mrdestructoid", "bday", "ripcheer", "shamrock", "streamlabs", "muxy", "holidaycheer",
+    "goal", "anon", "charity",
+))
+# fmt: on
+
+
+def bits_of(tags: dict[str, str]) -> int:
+    """The `bits` tag as a number of bits; 0 when absent or not a plain positive number."""
+    raw = tags.get("bits", "")
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 8:
+        return 0
+    return min(int(raw), MAX_BITS)
+
+
+def cheer_text(text: str, bits: int) -> str:
+    """A cheer's text without its cheermote words, so `Cheer100 a red fox` paints "a red fox".
+
+    Twitch puts each cheered amount into the text as PrefixAmount words. Words with a
+    global prefix (`Cheer100`) always go; of the other words that look like a channel's own
+    cheermote (`Foo10`), the set whose amounts make up the rest of the `bits` tag goes, so
+    "mp3" or "R2D2" in a prompt survive."""
+    if bits <= 0:
+        return text
+    words = [w for w in text.split(" ") if w]
+    amount = {i: int(m.group(1)) for i, w in enumerate(words) if (m := _CHEERMOTE.fullmatch(w))}
+    drop = {i for i in amount if words[i].rstrip("0123456789").lower() in GLOBAL_CHEERMOTES}
+    rest = bits - sum(amount[i] for i in drop)
+    others = [i for i in amount if i not in drop][:12]  # a few words; 4096 subsets at most
+    for size in range(len(others), 0, -1) if rest > 0 else ():
+        chosen = next(
+            (c for c in itertools.combinations(others, size) if sum(amount[i] for i in c) == rest),
+            None,
+        )
+        if chosen:
+            drop.update(chosen)
+            break
+    return " ".join(w for i, w in enumerate(words) if i not in drop)
+
+
 def to_event(line: Line, now: float, room: Room | None = None) -> ChatEvent | None:
     """The show's event for a chat line, or None for everything the show does not need
     (and, with `room`, for lines of another channel or of a Shared Chat partner's viewers
@@ -191,11 +243,13 @@ def to_event(line: Line, now: float, room: Room | None = None) -> ChatEvent | No
         partner = room is not None and room.is_partner(line)
         if partner and not room.shared_chat:
             return None
+        bits = bits_of(line.tags)
         return ChatMessage(
             viewer=viewer_from(line, partner),
-            text=without_reply_mention(line.trailing, line.tags),
+            text=cheer_text(without_reply_mention(line.trailing, line.tags), bits),
             msg_id=line.tags.get("id", ""),
             now=now,
+            bits=bits,
         )
     if line.command == "CLEARMSG":
         msg_id = line.tags.get("target-msg-id", "")

@@ -606,7 +606,7 @@ def _load_engine(settings: Settings, fix: str) -> Any:
             "(files already downloaded are kept).",
             file=sys.stderr,
         )
-        raise SystemExit(130) from None
+        raise SystemExit(exit_codes.EXIT_INTERRUPTED) from None
     return engine
 
 

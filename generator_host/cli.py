@@ -23,7 +23,13 @@ from generator_host.core.settings import (
     default_config_path,
     load_settings,
 )
-from generator_host.exit_codes import EXIT_ENGINE, EXIT_LOGIN, EXIT_OK, EXIT_USAGE
+from generator_host.exit_codes import (
+    EXIT_ENGINE,
+    EXIT_INTERRUPTED,
+    EXIT_LOGIN,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
 log = logging.getLogger("generator_host")
 
@@ -327,11 +333,15 @@ def main(argv: list[str] | None = None) -> int:
         "logout": cmd_logout,
         "mods": cmd_mods,
     }
-    if args.command in handlers:
-        return handlers[args.command](args)
-    from generator_host.tools import safety_eval
+    try:
+        if args.command in handlers:
+            return handlers[args.command](args)
+        from generator_host.tools import safety_eval
 
-    settings, problems = load_settings(getattr(args, "config", None) or default_config_path())
-    for problem in problems:
-        log.warning("config: %s", problem)
-    return safety_eval.main(args, settings)
+        settings, problems = load_settings(getattr(args, "config", None) or default_config_path())
+        for problem in problems:
+            log.warning("config: %s", problem)
+        return safety_eval.main(args, settings)
+    except KeyboardInterrupt:  # Ctrl-C anywhere else (while torch imports, say): one line
+        print("\nInterrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -113,3 +113,26 @@ def test_a_missing_tls_certificate_names_the_tls_settings(tmp_path: Path):
     )
     line = _one_clear_line(_run(tmp_path, "run", "--config", str(config), "--link-port", "0"))
     assert "tls_cert" in line and "tls_key" in line, line
+
+
+def test_ctrl_c_while_the_host_is_still_importing_is_one_line_and_exit_130(tmp_path: Path):
+    """Ctrl-C in the first second (torch and diffusers still importing) is one line."""
+    import signal
+    import time
+
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "generator_host", "demo", "--link-port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in out + err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Interrupted"), err

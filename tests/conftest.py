@@ -1,6 +1,9 @@
 """Shared fixtures; each area keeps its own in tests/fixtures_*.py."""
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -8,6 +11,16 @@ import pytest
 from tests.fixtures_model import *  # noqa: F403
 from tests.fixtures_obs import *  # noqa: F403
 from tests.fixtures_twitch import *  # noqa: F403
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The host's caches (category embeddings, measured dtypes) go to a folder of this run,
+    never into the user's ~/.cache, in this process and every host it starts; matplotlib's
+    font cache stays where it is (rebuilding it costs seconds)."""
+    os.environ.setdefault("MPLCONFIGDIR", os.path.expanduser("~/.cache/matplotlib"))
+    folder = tempfile.mkdtemp(prefix="chat-diffusion-tests-cache-")
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+    os.environ["XDG_CACHE_HOME"] = folder
 
 
 @pytest.fixture(autouse=True)

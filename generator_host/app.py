@@ -201,16 +201,24 @@ class Host:
         changed what, and send the live values to every connected panel (the proposer's
         too, so a refused value snaps back). Returns (changes, refusals) for the view."""
         changes, refused = settings_mod.apply_changes(self.settings, values, view, role)
-        for change in changes:
-            log.info("settings: %s", change.describe())
         for reason in refused:
             log.warning("settings: refused %s", reason)
         if changes:
-            self._follow_settings()
             self.feed(self.settings_changed(time.monotonic()))
-        note = "; ".join([c.describe() for c in changes] + [f"refused {r}" for r in refused])
-        self._spawn(self._broadcast(self.settings_message(note)))
+        self._announce_settings(changes, [f"refused {r}" for r in refused])
         return changes, refused
+
+    def _announce_settings(
+        self, changes: list[settings_mod.Change], notes: list[str], by: str = ""
+    ) -> None:
+        """Log each applied change (and who made it), let the parts that copy a setting
+        follow, and send the live values to every connected panel."""
+        said = [c.describe() + (f" by {by}" if by else "") for c in changes]
+        for line in said:
+            log.info("settings: %s", line)
+        if changes:
+            self._follow_settings()
+        self._spawn(self._broadcast(self.settings_message("; ".join(said + notes))))
 
     def _follow_settings(self) -> None:
         """The parts holding a copy of a live setting take the current value (the show
@@ -247,6 +255,8 @@ class Host:
                 await loop.run_in_executor(None, self.gallery.record, effect.entry_id, "rejected")
             elif isinstance(effect, ev.Reply):
                 await self.chat.say(effect.text, effect.reply_to)
+            elif isinstance(effect, ev.SettingsApplied):
+                self._announce_settings(list(effect.changes), [], effect.by)
             elif isinstance(effect, ev.Status):
                 await self._status(effect)
             elif isinstance(effect, ev.Log):

@@ -114,9 +114,9 @@ def _host(tmp_path: Path, model_dir: Path, max_batch: int, min_display: float) -
     return RecordingHost(settings, tmp_path, chat, engine, gallery, "t" * 32)
 
 
-def say(host: Host, login: str, text: str) -> None:
+def say(host: Host, login: str, text: str, role: Role = Role.EVERYONE) -> None:
     """A viewer's chat line, handed to the host as the chat adapter would."""
-    viewer = Viewer(login, login.capitalize())
+    viewer = Viewer(login, login.capitalize(), role=role)
     host.on_chat(ChatMessage(viewer, text, f"{login}-{text}", time.monotonic()))
 
 
@@ -304,8 +304,20 @@ def test_the_host_owns_live_settings_and_every_panel_follows(
         await first.send(
             protocol.encode(protocol.make_change({"safety.threshold_offset": -0.2}), "script").text
         )
-        await receive(second, "settings")
+        for ws in (first, second):
+            await receive(ws, "settings")
         assert host.engine.safety.offset == -0.2  # the next image is judged with it
+        # a moderator's !slideshow is a change of the same setting: every panel follows
+        say(host, "mod_dora", "!slideshow 12", Role.MODERATOR)
+        for ws in (first, second):
+            back = await receive(ws, "settings")
+            assert back["values"]["show.slideshow_seconds"] == 12.0
+            assert back["note"] == "slideshow_seconds 0.0 -> 12.0 (from chat) by Mod_dora"
+        say(host, "viewer_x", "!slideshow 30")  # not a moderator: refused, nothing sent
+        say(host, "mod_dora", "!clear", Role.MODERATOR)  # stops the slideshow, panels follow
+        for ws in (first, second):
+            back = await receive(ws, "settings")
+            assert back["values"]["show.slideshow_seconds"] == 0.0, back
         await first.close()
         await second.close()
 

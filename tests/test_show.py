@@ -638,7 +638,9 @@ def test_streamer_actions_act_as_the_broadcaster_and_answer_on_the_status_line()
     assert shown(show.handle(StreamerAction("prev", now=2))) == [1]
     assert show.handle(StreamerAction("prev", now=3)) == [Status("this is the oldest image")]
     assert show.handle(StreamerAction("clear", now=4)) == [Display(None)]
-    assert show.handle(StreamerAction("slideshow", "8", now=5)) == [Status("slideshow every 8 s")]
+    slideshow = show.handle(StreamerAction("slideshow", "8", now=5))
+    assert slideshow[-1] == Status("slideshow every 8 s")
+    assert show.settings.show.slideshow_seconds == 8.0  # the live setting: every view follows
     assert show.handle(StreamerAction("explode", now=6)) == [Status("unknown action 'explode'")]
     # OBS offers only the protocol's actions: it can never stop the host or drop a request
     assert show.handle(StreamerAction("terminate", now=7)) == [Status("unknown action 'terminate'")]

@@ -111,8 +111,10 @@ def cancel(show: Show, ctx: Ctx) -> None:
 
 # ---- the screen -------------------------------------------------------------------------
 def clear(show: Show, ctx: Ctx) -> None:
-    """!clear: wipe the screen and stop the slideshow."""
+    """!clear: wipe the screen and stop the slideshow (the setting too, so every view
+    shows it off)."""
     show.screen.clear(ctx.now, ctx.out)
+    show.change_setting(ctx, "show.slideshow_seconds", 0.0)
 
 
 def prev(show: Show, ctx: Ctx) -> None:
@@ -138,6 +140,10 @@ def slideshow(show: Show, ctx: Ctx) -> None:
     if value is None:
         on = show.screen.slideshow > 0
         value = 0.0 if on else (show.settings.show.slideshow_seconds or 15.0)
+    refused = show.change_setting(ctx, "show.slideshow_seconds", value)
+    if refused:
+        show.refuse(ctx, refused)
+        return
     show.screen.set_slideshow(value, ctx.now)
     show.say(ctx, f"slideshow every {value:g} s" if value else "slideshow off")
 

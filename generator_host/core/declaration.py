@@ -14,7 +14,7 @@ ROLES = ("everyone", "subscriber", "vip", "moderator", "broadcaster")  # lowest 
 
 # --- the declaration ----------------------------------------------------------------------
 
-VIEWS = {"obs": "OBS panel", "review": "review page"}  # where live changes come from
+VIEWS = {"obs": "OBS panel", "review": "review page", "chat": "chat"}  # where changes come from
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class Live:
     """Who may change a setting while the host runs (the config file always may).
 
     `obs`: the OBS script's panel (the streamer's). `review`: the lowest role that may
-    change it on the review page ("broadcaster" or "moderator"; "" = not there).
+    change it on the review page ("broadcaster" or "moderator"; "" = not there), and with
+    a chat command that sets it (`!slideshow`): the same people, the same rule.
     """
 
     obs: bool = False
@@ -31,7 +32,7 @@ class Live:
     def allows(self, view: str, role: str = "broadcaster") -> bool:
         if view == "obs":
             return self.obs
-        if view == "review" and self.review:
+        if view in ("review", "chat") and self.review:
             return ROLES.index(role) >= ROLES.index(self.review) if role in ROLES else False
         return False
 

@@ -206,6 +206,15 @@ class Status:
 
 
 @dataclass(frozen=True)
+class SettingsApplied:
+    """A chat command or an OBS button changed live settings (already checked and applied
+    by `settings.apply_changes`): log who changed what and send every view the new values."""
+
+    changes: tuple[Any, ...]  # settings.Change
+    by: str
+
+
+@dataclass(frozen=True)
 class Log:
     """A line for the host's log: who did what from the review page or OBS."""
 
@@ -226,6 +235,7 @@ Effect = (
     | Reject
     | Reply
     | Status
+    | SettingsApplied
     | Log
     | Shutdown
 )

@@ -35,6 +35,7 @@ from typing import Any
 from generator_host.core import approval
 from generator_host.core import command_handlers as handlers
 from generator_host.core import commands as cmds
+from generator_host.core.declaration import ROLES
 from generator_host.core.estimates import Estimates
 from generator_host.core.events import (
     Approve,
@@ -53,6 +54,7 @@ from generator_host.core.events import (
     Reject,
     RejectEntry,
     Reply,
+    SettingsApplied,
     SettingsChanged,
     Shutdown,
     StartBatch,
@@ -80,7 +82,7 @@ from generator_host.core.message import (
 from generator_host.core.moderation import Blocklist, Moderator
 from generator_host.core.replies import Replies, staff_reserved
 from generator_host.core.screen import Screen
-from generator_host.core.settings import Settings
+from generator_host.core.settings import Settings, apply_changes
 from obs_script import chat_diffusion_protocol as protocol
 
 __all__ = [  # the events and effects, importable from here as before the split
@@ -246,6 +248,17 @@ class Show:
         self.limits = cmds.Limits(
             max_steps=model.max_steps, max_size=model.max_size, max_count=count
         )
+
+    def change_setting(self, ctx: Ctx, name: str, value: Any) -> str:
+        """A command sets a live setting (`!slideshow`): the same check as a panel's change
+        (who may, which values), applied here and announced to every view through the app.
+        Returns why it was refused, or ""."""
+        view = "obs" if ctx.streamer else "chat"
+        changes, refused = apply_changes(self.settings, {name: value}, view, ROLES[ctx.viewer.role])
+        if changes:
+            self._reread_settings()
+            ctx.out.append(SettingsApplied(tuple(changes), ctx.viewer.name))
+        return "; ".join(refused)
 
     def _on_settings(self, event: SettingsChanged, out: list[Effect]) -> None:
         self._reread_settings()

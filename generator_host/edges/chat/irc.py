@@ -35,6 +35,7 @@ from typing import Protocol
 
 from generator_host.core.message import BotStatus, ChatEvent, Role
 from generator_host.core.replies import (
+    DUPLICATE_SECONDS,
     SendLimiter,  # how Twitch counts, shared with the reply policy
 )
 from generator_host.core.settings import TwitchSettings
@@ -44,7 +45,8 @@ from generator_host.edges.twitch.auth import LOG_IN_AGAIN
 log = logging.getLogger("generator_host.edges.chat.irc")
 
 LOGIN_FAILURES = ("login authentication failed", "improperly formatted auth", "login unsuccessful")
-DUPLICATE_SECONDS = 30.0
+# The replies policy (core/replies.py) words repeats differently; a line can still repeat
+# within Twitch's window when the send queue delays it, so the writer marks an exact repeat.
 DUPLICATE_MARK = " \U000e0000"  # invisible; chat clients and commands.py ignore it
 _READ_CHUNK = 65536
 _MAX_LINE = 65536

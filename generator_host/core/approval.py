@@ -6,7 +6,9 @@ Every approval rule is here and nowhere else, as pure functions on plain values:
 - `screen`: what each tile of a grid shows on stream (clear, blurred, placeholder or
   nothing) for an outcome, the mode it was made under, its verdicts and its approved tiles;
 - `approve` (the whole grid or one tile) and `reject`: the transitions a streamer or a
-  moderator makes, in chat, from OBS or from the review page.
+  moderator makes, in chat, from OBS or from the review page;
+- `settlement`: what a paid request (a channel-point redemption) becomes at Twitch for
+  what its picture shows on stream: spent (FULFILLED) or refunded (CANCELED).
 The gallery stores what these return and renders the tiles it is told to; the show keeps
 entries and emits `Display(entry_id, tiles)` with the tiles from `screen`.
 A new kind of safety check adds a reason to the verdict, not a path here.
@@ -120,6 +122,33 @@ def replayable(entry: Entry) -> bool:
     """Whether the slideshow shows it again: visible, and no tile waiting for approval."""
     tiles = entry_tiles(entry)
     return visible(tiles) and Tile.PLACEHOLDER not in tiles
+
+
+class Settlement(str, enum.Enum):
+    """A redemption's end at Twitch (the values are Twitch's statuses)."""
+
+    FULFILLED = "FULFILLED"  # the points are spent
+    CANCELED = "CANCELED"  # the points are refunded
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def settlement(tiles: Sequence[Tile]) -> Settlement | None:
+    """The refund rule for a paid picture, from the tiles it shows on stream.
+
+    FULFILLED once at least one tile is clear on stream (shown, approved, or a grid with
+    some clean tiles); None while a held tile waits for the streamer's decision; else
+    CANCELED: nothing reached the stream unfiltered (skipped, rejected, or only blurred
+    tiles, in blur mode: a later approval of a blurred picture changes nothing, the points
+    are back already). Requests that end without a picture (refused, failed, cancelled,
+    not served before the host stops) are CANCELED by the show.
+    """
+    if Tile.CLEAR in tiles:
+        return Settlement.FULFILLED
+    if Tile.PLACEHOLDER in tiles:
+        return None
+    return Settlement.CANCELED
 
 
 @dataclass(frozen=True)

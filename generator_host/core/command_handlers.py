@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from generator_host.core import approval
 from generator_host.core import commands as cmds
-from generator_host.core.approval import Outcome
-from generator_host.core.events import Approve, Log, Reject, Status
-from generator_host.core.generation import Entry
+from generator_host.core.approval import Outcome, Settlement
+from generator_host.core.events import Approve, Log, Reject, Settle, Status
+from generator_host.core.generation import Entry, GenerationParams, GenerationRequest, Requester
 from generator_host.core.message import Role
 from generator_host.core.moderation import MODE_NAMES, parse_mode
 
@@ -49,6 +49,41 @@ def regenerate(show: Show, ctx: Ctx) -> None:
     _submit(show, ctx, show.last, None)
 
 
+def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
+    """A channel-point redemption: the viewer's text is read as !generate's arguments
+    (prompt, ### negative, options) under the same rules; a refusal refunds the points
+    and says why. Twitch tells no roles with a redemption: the viewer counts as everyone
+    (so !mode subscribers refunds redemptions too)."""
+    request = GenerationRequest(  # only to carry the id into show.refund
+        id="", requester=Requester(ctx.viewer.login, ctx.viewer.display_name),
+        params=GenerationParams(prompt=""), created=ctx.now, redemption_id=redemption_id,
+    )  # fmt: skip
+
+    def refund(why: str) -> None:
+        show.refund(ctx.out, ctx.now, request, why)
+
+    if show.moderator.is_ignored(ctx.viewer.login):
+        ctx.out.append(Settle(redemption_id, Settlement.CANCELED.value, "ignored viewer"))
+        return  # ignored viewers get no answer, as with chat commands
+    if not ctx.args.strip():
+        refund("your redemption had no prompt")
+        return
+    mine = len(show.requests_of(ctx.viewer.login))
+    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued)
+    if refusal:
+        refund(refusal.text)
+        return
+    parsed = cmds.parse_generate(ctx.args, show.limits)
+    if isinstance(parsed, str):
+        refund(parsed)
+        return
+    refusal = show.moderator.check_prompt(parsed.prompt)
+    if refusal:
+        refund(refusal.text)
+        return
+    _submit(show, ctx, dataclasses.replace(parsed, seed=None), parsed.seed, redemption_id)
+
+
 def _refused_now(show: Show, ctx: Ctx) -> bool:
     """Mode, cooldown, per-user and global limits; True when refused (and answered)."""
     mine = len(show.requests_of(ctx.viewer.login))
@@ -59,13 +94,15 @@ def _refused_now(show: Show, ctx: Ctx) -> bool:
     return False
 
 
-def _submit(show: Show, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None) -> None:
+def _submit(
+    show: Show, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
+) -> None:
     refusal = show.moderator.check_prompt(ask.prompt)
     if refusal:
         show.refuse(ctx, refusal.text, refusal.kind.value)
         return
     starts_now = not show.running_run and not show.screen.deck and not show.queue
-    request = show.submit(ctx, ask, seed)
+    request = show.submit(ctx, ask, seed, redemption_id)
     if starts_now:  # a short "it is coming", only while the send budget is quiet
         show.say(ctx, f"starting now, about {show.eta(1, ctx.now):.0f} s", courtesy=True)
         return
@@ -102,8 +139,8 @@ def cancel(show: Show, ctx: Ctx) -> None:
     line = show.queue.line(target)
     if line and target == ctx.viewer.login:
         newest = line[-1]
-        show.drop(lambda r: r.id == newest.id, ctx.out)
-    elif not show.drop(lambda r: r.requester.login == target, ctx.out):
+        show.drop(lambda r: r.id == newest.id, ctx.out, now=ctx.now)
+    elif not show.drop(lambda r: r.requester.login == target, ctx.out, now=ctx.now):
         show.say(ctx, "there is no request to cancel")
         return
     show.say(ctx, "cancelled")
@@ -153,7 +190,7 @@ def terminate(show: Show, ctx: Ctx) -> None:
     ctx.out.append(Status(f"stopped by {ctx.viewer.name}"))
     show.screen.blank(ctx.out)
     show.replies.send(ctx.out, ctx.now, "Chat Diffusion is stopping. Bye!", "", ctx.msg_id)
-    show.terminate(ctx.out)
+    show.terminate(ctx.out, ctx.now)
 
 
 # ---- approval ---------------------------------------------------------------------------
@@ -210,7 +247,7 @@ def reject_entry(show: Show, ctx: Ctx, entry_id: int, by: str) -> None:
         show.say(ctx, decision.refusal)
         return
     ctx.out.append(Reject(entry.id))
-    show.tell(ctx.out, ctx.now, entry, "your image was rejected by the streamer")
+    show.refund(ctx.out, ctx.now, entry, "your image was rejected by the streamer")
     show.screen.forget(entry.id, ctx.out)
     show.withheld.pop(entry.id, None)
     ctx.out.append(Log(f"{by} rejected picture {entry.id} by @{entry.requester}"))
@@ -301,7 +338,7 @@ def ignore(show: Show, ctx: Ctx) -> None:
         show.refuse(ctx, f"use {show.prefix}ignore @user")
         return
     show.moderator.ignore(login, True)
-    show.drop(lambda r: r.requester.login == login, ctx.out, running=False)
+    show.drop(lambda r: r.requester.login == login, ctx.out, running=False, now=ctx.now)
     show.say(ctx, f"ignoring @{login}")
 
 

@@ -115,6 +115,36 @@ class Tick:
     now: float = 0.0
 
 
+@dataclass(frozen=True)
+class Redemption:
+    """A viewer redeemed the channel-point reward (EventSub): `prompt` is what they typed.
+    A paid request: it ends with exactly one `Settle`."""
+
+    redemption_id: str
+    login: str
+    display_name: str = ""
+    user_id: str = ""
+    prompt: str = ""
+    now: float = 0.0
+
+
+@dataclass(frozen=True)
+class RedemptionsSettled:
+    """At start: redemptions the host already settled before a restart (its store says so);
+    the show forgets any it still holds from its saved state, without a second `Settle`."""
+
+    redemption_ids: tuple[str, ...]
+    now: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """The host stops cleanly: redemptions not served are settled as [channel_points]
+    on_stop says (refund), or kept in the saved queue (keep)."""
+
+    now: float = 0.0
+
+
 Event = (
     ChatMessage
     | MessageDeleted
@@ -131,6 +161,9 @@ Event = (
     | GenerationFinished
     | GenerationFailed
     | Tick
+    | Redemption
+    | RedemptionsSettled
+    | Stopping
 )
 
 # ---- effects ------------------------------------------------------------------------------
@@ -222,6 +255,17 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Settle:
+    """Set a redemption's status at Twitch, once: FULFILLED (the points are spent) or
+    CANCELED (refunded); `approval.Settlement` has the values and the rule. `reason` is
+    for the log."""
+
+    redemption_id: str
+    status: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
@@ -237,5 +281,6 @@ Effect = (
     | Status
     | SettingsApplied
     | Log
+    | Settle
     | Shutdown
 )

@@ -63,6 +63,7 @@ class GenerationRequest:
     msg_id: str = ""  # chat message that asked for it (for replies and CLEARMSG)
     paid: Paid | None = None
     ahead: bool = False  # waits ahead of free requests (a paid one, when the setting says)
+    redemption_id: str = ""  # a channel-point redemption paid for it (settled once)
 
 
 @dataclass

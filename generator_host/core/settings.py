@@ -130,6 +130,13 @@ class TwitchSettings:
     id_url: str = setting(
         "https://id.twitch.tv", "Twitch's login service; change only for testing."
     )
+    helix_url: str = setting(
+        "https://api.twitch.tv/helix", "Twitch's API (channel points); change only for testing."
+    )
+    eventsub_url: str = setting(
+        "wss://eventsub.wss.twitch.tv/ws",
+        "Twitch's EventSub WebSocket (redemptions); change only for testing.",
+    )
     reconnect_max_seconds: float = setting(
         60.0, "Reconnect backoff after a dropped connection doubles up to this.", range=(1, 3600)
     )
@@ -150,6 +157,49 @@ class TwitchSettings:
         if self.send_limit:
             return self.send_limit
         return ELEVATED_SEND_LIMIT if elevated else REGULAR_SEND_LIMIT
+
+
+ON_STOP = {
+    "refund": "Refund the points of redemptions not served when the host stops",
+    "keep": "Keep them queued for the next start",
+}
+
+
+@dataclass
+class ChannelPointsSettings:
+    """A channel-point reward that paints (docs/twitch.md): the host creates and owns it,
+    refunds the points when no picture reaches the stream. Needs the broadcaster's login
+    and an Affiliate or Partner channel."""
+
+    enabled: bool = setting(
+        False, "Create the reward and take its redemptions as requests (log in first)."
+    )
+    title: str = setting(
+        "Paint a picture", "The reward's title on Twitch (unique on your channel).",
+        rule=lambda v: 1 <= len(v) <= 45, rule_text="must be 1 to 45 characters",
+    )  # fmt: skip
+    cost: int = setting(500, "Points one picture costs.", range=(1, 1_000_000))
+    prompt: str = setting(
+        "Describe the picture. Refunded if it cannot be shown.",
+        "The text viewers see when they redeem it.",
+        rule=lambda v: len(v) <= 200, rule_text="must be at most 200 characters",
+    )  # fmt: skip
+    user_input_required: bool = setting(
+        True, "Viewers must type the prompt when they redeem (without one: refunded)."
+    )
+    global_cooldown_seconds: int = setting(
+        0, "Seconds between two redemptions by anyone; 0 off.", range=(0, 604800)
+    )
+    max_per_stream: int = setting(0, "Redemptions per stream in all; 0 no limit.", range=(0, 10**6))
+    max_per_user_per_stream: int = setting(
+        0, "Redemptions per viewer per stream; 0 no limit.", range=(0, 10**6)
+    )
+    on_stop: str = setting(
+        "refund",
+        "Redemptions not served when the host stops: refund them, or keep them queued for "
+        "the next start.",
+        choices=ON_STOP,
+    )
 
 
 @dataclass
@@ -412,6 +462,7 @@ class GallerySettings:
 @dataclass
 class Settings:
     twitch: TwitchSettings = field(default_factory=TwitchSettings)
+    channel_points: ChannelPointsSettings = field(default_factory=ChannelPointsSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     safety: SafetySettings = field(default_factory=SafetySettings)
     show: ShowSettings = field(default_factory=ShowSettings)

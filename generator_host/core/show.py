@@ -11,6 +11,7 @@ in the part named after it:
 - what a flagged picture shows, approve and reject: approval.py
 - who may queue what (blocklist, cooldowns, limits, modes): moderation.py
 - each chat command's behaviour: command_handlers.py (parsing: commands.py)
+- what a paid picture becomes at Twitch (spent or refunded): approval.settlement
 
 Rules kept here:
 - One run at a time: the next StartGeneration (one request) or StartBatch (up to
@@ -19,6 +20,12 @@ Rules kept here:
   once and a late result for it is ignored), and only when the deck is empty, so
   generation stays at most one batch ahead of the screen.
 - While others wait, a grid request is cut to 1 image to keep the line moving.
+- A channel-point redemption (`Redemption`) is a request like !generate's that ends with
+  exactly one `Settle`: CANCELED (refunded) when refused, cancelled, failed, withheld or
+  rejected, or not served when the host stops ([channel_points] on_stop = "refund");
+  FULFILLED when its picture first goes on screen with a clear tile (`approval.settlement`;
+  a held one waits for the streamer's decision). `paid_entries` keeps the finished paid
+  pictures not settled yet.
 - `snapshot()` is JSON-able; `Show(settings, state, blocklist=...)` restores queue,
   history, cursor and screen; the first handled event re-shows the screen.
 """
@@ -51,15 +58,19 @@ from generator_host.core.events import (
     GenerationStarted,
     IgnoreViewer,
     Log,
+    Redemption,
+    RedemptionsSettled,
     Reject,
     RejectEntry,
     Reply,
     SettingsApplied,
     SettingsChanged,
+    Settle,
     Shutdown,
     StartBatch,
     StartGeneration,
     Status,
+    Stopping,
     StreamerAction,
     Tick,
 )
@@ -158,6 +169,7 @@ class Show:
         self.screen = Screen(0.0, 0.0, settings.show.history_size)
         self.replies = Replies(settings)
         self.withheld: dict[int, tuple[Entry, str]] = {}  # skipped entry -> (it, msg id)
+        self.paid_entries: dict[int, str] = {}  # finished paid picture -> redemption id
         self.last: cmds.GenerateArgs | None = None  # what !regenerate repeats, no seed
         self.counter = 0
         self.terminated = False
@@ -187,6 +199,8 @@ class Show:
         if not self.terminated:
             self._maybe_start(now, out)
             self._status_effect(now, out)
+        if self.paid_entries:
+            self._settle_shown(now, out)
         return out
 
     def resume(self, now: float = 0.0) -> list[Effect]:
@@ -227,6 +241,12 @@ class Show:
     @property
     def prefix(self) -> str:
         return self.settings.show.command_prefix or "!"
+
+    def pending_redemptions(self) -> set[str]:
+        """Redemptions the show holds unsettled: queued, running, or a finished picture
+        not yet shown clear (or decided)."""
+        held = {r.redemption_id for r in self.running_run + self.queue.order()}
+        return (held | set(self.paid_entries.values())) - {""}
 
     def queue_order(self) -> list[GenerationRequest]:
         """The queued requests in the order they will run (round-robin across viewers)."""
@@ -296,6 +316,68 @@ class Show:
             msg_id = self.screen.entry_msg.get(request_or_entry.id, "")
         self.replies.send(out, now, text, name, msg_id)
 
+    # ---- channel points -----------------------------------------------------------------
+    def refund(self, out: list[Effect], now: float, request: Any, why: str) -> None:
+        """Settle a paid request or picture as CANCELED and tell its viewer why."""
+        rid = request.redemption_id if isinstance(request, GenerationRequest) else ""
+        if isinstance(request, Entry):
+            rid = self.paid_entries.pop(request.id, "")
+        if not rid:
+            self.tell(out, now, request, why)
+            return
+        out.append(Settle(rid, approval.Settlement.CANCELED.value, why))
+        self.tell(out, now, request, f"{why}; your points are refunded")
+
+    def _settle_shown(self, now: float, out: list[Effect]) -> None:
+        """A paid picture on screen: FULFILLED once a tile shows clear (approval.settlement)."""
+        for effect in list(out):
+            if not isinstance(effect, Display) or effect.entry_id not in self.paid_entries:
+                continue
+            verdict = approval.settlement(effect.tiles)
+            if verdict is approval.Settlement.FULFILLED:
+                rid = self.paid_entries.pop(effect.entry_id)
+                out.append(Settle(rid, verdict.value, f"picture {effect.entry_id} shown"))
+
+    def _on_redemption(self, event: Redemption, out: list[Effect]) -> None:
+        if not event.redemption_id or event.redemption_id in self.pending_redemptions():
+            return  # the same redemption again (a restart, a repeated notification)
+        login = cmds.parse_login(event.login) or event.login.lower()
+        viewer = Viewer(login=login, display_name=event.display_name, user_id=event.user_id)
+        ctx = Ctx(viewer=viewer, args=event.prompt, now=event.now, out=out)
+        handlers.redeem(self, ctx, event.redemption_id)
+
+    def _on_redemptions_settled(self, event: RedemptionsSettled, out: list[Effect]) -> None:
+        done = set(event.redemption_ids)
+        self.queue.drop(lambda r: r.redemption_id in done)
+        for request in [r for r in self.running_run if r.redemption_id in done]:
+            out.append(CancelGeneration(request.id))
+            self.end_request(request.id)
+        self.paid_entries = {e: r for e, r in self.paid_entries.items() if r not in done}
+
+    def _on_stopping(self, event: Stopping, out: list[Effect]) -> None:
+        self.settle_on_stop(event.now, out)
+
+    def settle_on_stop(self, now: float, out: list[Effect]) -> None:
+        """The host stops: with on_stop "refund" every unsettled redemption is refunded;
+        with "keep" they stay in the saved state (a paid picture that left the history
+        meanwhile is refunded either way: nothing could show it any more)."""
+        why = "the painter stopped before your picture could be shown"
+        if self.settings.channel_points.on_stop == "refund":
+            for request in [r for r in self.running_run + self.queue.order() if r.redemption_id]:
+                self.queue.drop(lambda r, rid=request.redemption_id: r.redemption_id == rid)
+                self.refund(out, now, request, why)
+            self.running_run = [r for r in self.running_run if not r.redemption_id]
+            kept: set[int] = set()
+        else:
+            kept = {e.id for e in self.screen.history}
+        for entry_id in [e for e in self.paid_entries if e not in kept]:
+            entry = self.screen.entry(entry_id)
+            if entry is not None:
+                self.refund(out, now, entry, why)
+            else:
+                rid = self.paid_entries.pop(entry_id)
+                out.append(Settle(rid, approval.Settlement.CANCELED.value, why))
+
     # ---- chat events ----------------------------------------------------------------------
     def _on_chat(self, msg: ChatMessage, out: list[Effect]) -> None:
         cmd = cmds.parse_command(msg.text, self.prefix, self.aliases)
@@ -337,7 +419,7 @@ class Show:
         """CLEARMSG: a moderator deleted a message; its request goes, queued, running or shown."""
         if not event.msg_id:
             return
-        self.drop(lambda r: r.msg_id == event.msg_id, out)
+        self.drop(lambda r: r.msg_id == event.msg_id, out, now=event.now)
         for entry_id, msg_id in list(self.screen.entry_msg.items()):
             if msg_id == event.msg_id:
                 self.screen.forget(entry_id, out)
@@ -348,7 +430,7 @@ class Show:
     def _on_removed(self, event: UserRemoved, out: list[Effect]) -> None:
         """CLEARCHAT (timeout or ban): the user's queued and running requests are dropped."""
         login = event.login.lower()
-        self.drop(lambda r: r.requester.login == login, out)
+        self.drop(lambda r: r.requester.login == login, out, now=event.now)
 
     # ---- review page ----------------------------------------------------------------------
     def _on_approve_entry(self, event: ApproveEntry, out: list[Effect]) -> None:
@@ -361,7 +443,7 @@ class Show:
 
     def _on_cancel_requests(self, event: CancelRequests, out: list[Effect]) -> None:
         login = cmds.parse_login(event.login)
-        dropped = self.drop(lambda r: r.requester.login == login, out)
+        dropped = self.drop(lambda r: r.requester.login == login, out, now=event.now)
         out.append(Log(f"{event.by} cancelled {dropped} request(s) of @{login}"))
         out.append(Status(f"cancelled {dropped} request(s) of @{login}"))
 
@@ -386,12 +468,19 @@ class Show:
             return  # a cancelled request finishing late: not shown
         self.estimates.time_run(event.now)
         entry = event.entry
-        if not approval.visible(approval.entry_tiles(entry)):
+        tiles = approval.entry_tiles(entry)
+        if not approval.visible(tiles):
             self.withheld[entry.id] = (entry, req.msg_id)
             while len(self.withheld) > WITHHELD_KEPT:
                 del self.withheld[next(iter(self.withheld))]
-            self.tell(out, event.now, req, "your image was withheld by the safety filter")
+            self.refund(out, event.now, req, "your image was withheld by the safety filter")
             return
+        if req.redemption_id:
+            if approval.settlement(tiles) is approval.Settlement.CANCELED:
+                why = "your image could only be shown blurred"
+                self.refund(out, event.now, req, why)
+            else:  # settled when it goes on screen clear, or when the streamer decides
+                self.paid_entries[entry.id] = req.redemption_id
         self.screen.add(entry, req.msg_id, event.now, out)
         if entry.outcome == approval.Outcome.HELD:
             self.tell(out, event.now, req, "your image is held until the streamer approves it")
@@ -401,7 +490,7 @@ class Show:
         if req is None:
             return
         reason = " ".join(str(event.reason).split())[:120] or "unknown error"
-        self.tell(out, event.now, req, f"sorry, your image failed: {reason}")
+        self.refund(out, event.now, req, f"sorry, your image failed: {reason}")
 
     def _on_tick(self, event: Tick, out: list[Effect]) -> None:
         self.screen.tick(event.now, out)
@@ -422,11 +511,17 @@ class Show:
         GenerationFinished: _on_finished,
         GenerationFailed: _on_failed,
         Tick: _on_tick,
+        Redemption: _on_redemption,
+        RedemptionsSettled: _on_redemptions_settled,
+        Stopping: _on_stopping,
     }
 
     # ---- requests and runs ---------------------------------------------------------------
-    def submit(self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None) -> GenerationRequest:
-        """Queue a checked request; its seed is the viewer's or a new random one."""
+    def submit(
+        self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
+    ) -> GenerationRequest:
+        """Queue a checked request; its seed is the viewer's or a new random one.
+        `redemption_id`: a channel-point redemption paid for it."""
         model = self.settings.model
         self.counter += 1
         params = GenerationParams(
@@ -448,6 +543,7 @@ class Show:
             msg_id=ctx.msg_id,
             paid=ctx.paid,
             ahead=self.jumps_ahead(ctx.paid),
+            redemption_id=redemption_id,
         )
         self.queue.add(request)
         self.moderator.note_request(viewer.login, ctx.now)
@@ -463,15 +559,25 @@ class Show:
         return mine + [r for r in self.running_run if r.requester.login == login]
 
     def drop(
-        self, match: Callable[[GenerationRequest], bool], out: list[Effect], running: bool = True
+        self,
+        match: Callable[[GenerationRequest], bool],
+        out: list[Effect],
+        running: bool = True,
+        now: float = 0.0,
     ) -> int:
-        """Remove matching requests, queued and (optionally) running; returns how many."""
+        """Remove matching requests, queued and (optionally) running; returns how many.
+        A paid one is refunded (its viewer told)."""
+        gone = [r for r in self.queue.order() if match(r)]
         dropped = self.queue.drop(match)
         if running:
             for request in [r for r in self.running_run if match(r)]:
                 out.append(CancelGeneration(request.id))  # batch-mates keep running
                 self.end_request(request.id)
+                gone.append(request)
                 dropped += 1
+        for request in gone:
+            if request.redemption_id:
+                self.refund(out, now, request, "your request was cancelled")
         return dropped
 
     def _maybe_start(self, now: float, out: list[Effect]) -> None:
@@ -511,12 +617,14 @@ class Show:
             per_run=self.settings.model.max_batch,
         )
 
-    def terminate(self, out: list[Effect]) -> None:
-        """Stop: the running run goes back to the front of the queue for the next start."""
+    def terminate(self, out: list[Effect], now: float = 0.0) -> None:
+        """Stop: the running run goes back to the front of the queue for the next start
+        (redemptions: as [channel_points] on_stop says)."""
         for request in reversed(self.running_run):
             out.append(CancelGeneration(request.id))
             self.queue.add(request, front=True)
         self.running_run = []
+        self.settle_on_stop(now, out)
         self.terminated = True
         out.append(Shutdown())
 
@@ -547,6 +655,7 @@ class Show:
             "queue": [dataclasses.asdict(r) for r in queue],
             **self.screen.snapshot(),
             "withheld": [[dataclasses.asdict(e), m] for e, m in self.withheld.values()],
+            "paid_entries": [[e, r] for e, r in self.paid_entries.items()],
             "avg_seconds": self.estimates.avg_seconds,
             "counter": self.counter,
             "rng": [state[0], list(state[1]), state[2]],
@@ -566,6 +675,8 @@ class Show:
             for raw, msg_id in state.get("withheld", []):
                 entry = Entry.from_dict(raw)
                 self.withheld[entry.id] = (entry, str(msg_id))
+            for entry_id, rid in state.get("paid_entries", []):
+                self.paid_entries[int(entry_id)] = str(rid)
             self.estimates.avg_seconds = float(state.get("avg_seconds", self.estimates.avg_seconds))
             self.counter = int(state.get("counter", 0))
             rng = state.get("rng")
@@ -598,4 +709,7 @@ def _request_from_dict(raw: dict[str, Any]) -> GenerationRequest:
         params=GenerationParams(**raw["params"]),
         created=float(raw["created"]),
         msg_id=str(raw.get("msg_id", "")),
+        paid=Paid(raw["paid"]) if raw.get("paid") else None,
+        ahead=bool(raw.get("ahead", False)),
+        redemption_id=str(raw.get("redemption_id", "")),
     )

@@ -67,9 +67,11 @@ class Host:
         *,
         review_folder: Path | None = None,
         review_secret: str = "",
+        points: Any = None,
     ) -> None:
         """`review_secret`: the streamer's key to the review page (edges/review); empty:
-        no page. `review_folder` holds its secret and the moderators' file."""
+        no page. `review_folder` holds its secret and the moderators' file. `points`: the
+        channel-point reward (edges/twitch/channel_points), when enabled."""
         self.settings = settings
         self.home = home
         self.chat = chat
@@ -83,6 +85,7 @@ class Host:
         for problem in problems + self.show.problems:
             log.warning("settings: %s", problem)
         self.link: Any = None
+        self.points = points
         self.review: Any = None  # the review page's server (edges/review), when enabled
         self.review_folder = review_folder
         self.review_secret = review_secret
@@ -147,9 +150,26 @@ class Host:
             log.exception("the show failed on %r", type(event).__name__)
             return
         for effect in effects:
+            if isinstance(effect, ev.Settle) and not self._intend(effect):
+                continue
             self._effects.put_nowait(effect)
+        if self.points is not None:
+            self.points.queue_full(self.show.queued >= self.settings.moderation.max_queue)
         self._save_state_soon()
         self._notify_review()
+
+    def _intend(self, settle: ev.Settle) -> bool:
+        """A redemption's status, stored before anything else happens (before the show's
+        state is saved): a kill -9 never loses it nor sends it twice."""
+        if self.points is None:
+            log.warning("redemption %s ends %s, but channel points are off: not sent",
+                        settle.redemption_id[:12], settle.status)  # fmt: skip
+            return False
+        try:
+            return bool(self.points.intend(settle))
+        except Exception:  # the store failing must not stop the show
+            log.exception("cannot store the status of redemption %s", settle.redemption_id[:12])
+            return False
 
     def _notify_review(self) -> None:
         """The review page re-reads the show and gallery (debounced there)."""
@@ -261,6 +281,8 @@ class Host:
                 await self._status(effect)
             elif isinstance(effect, ev.Log):
                 log.info("%s", effect.text)
+            elif isinstance(effect, ev.Settle):
+                self.points.settle(effect)
             elif isinstance(effect, ev.Shutdown):
                 self._stop_reason = "the host was terminated from chat"  # link.stop says bye
                 self.stopped.set()
@@ -448,6 +470,9 @@ class Host:
             self.worker.shutdown(wait=False)
             raise StartupError(_link_problem(self.settings.link, exc)) from None
         await self._start_review()
+        if self.points is not None:
+            self.points.attach(self.feed, self.notice, self.show.pending_redemptions)
+            await self.points.start()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stopped.set)
@@ -467,6 +492,9 @@ class Host:
                 await self._drain()
         ticker.cancel()
         stop_task.cancel()
+        if self.points is not None:
+            await self.points.stop_events()
+        self.feed(ev.Stopping(now=time.monotonic()))  # redemptions: refund or keep
         for cancel in self._cancel_flags.values():
             cancel.set()
         with contextlib.suppress(asyncio.TimeoutError):  # the bye and the last frames
@@ -477,6 +505,8 @@ class Host:
         await self.link.stop(self._stop_reason)
         if self.review is not None:
             await self.review.stop()
+        if self.points is not None:
+            await self.points.stop()  # statuses being sent, then the reward paused
         self.worker.shutdown(wait=True, cancel_futures=True)
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
@@ -655,6 +685,7 @@ def _serve(
     started: float,
     on_ready: Callable[[], None] | None = None,
     on_host: Callable[[Host], None] | None = None,
+    points: Any = None,
 ) -> int:
     engine, gallery, token = _prepare(settings, home, token_dir, model_fix, started)
     if engine is None:
@@ -675,6 +706,7 @@ def _serve(
             token,
             review_folder=token_dir,
             review_secret=review_secret,
+            points=points,
         )
 
         def ready(h: Host) -> None:
@@ -763,6 +795,7 @@ def _run_twitch(settings: Settings, home: Path, config_path: Path | None) -> int
 
     keeper, hosts = _chat_login(settings, home)
     adapter = TwitchAdapter(settings.twitch, tokens=keeper)
+    points = _channel_points(settings, home, keeper, hosts)
     print(f"Joining #{settings.twitch.channel} on {settings.twitch.host}:{settings.twitch.port}")
     _preflight(settings, home)
     where = f" in {config_path}" if config_path is not None else ""
@@ -775,7 +808,36 @@ def _run_twitch(settings: Settings, home: Path, config_path: Path | None) -> int
         model_fix=fix,
         started=time.monotonic(),
         on_host=hosts.append,
+        points=points,
     )
+
+
+def _channel_points(settings: Settings, home: Path, chat_keeper: Any, hosts: list[Host]) -> Any:
+    """The channel-point reward when enabled and the broadcaster is logged in (else one
+    line, and the stream goes on with chat commands). Shares the chat's TokenKeeper when
+    the chat uses the broadcaster's login: one keeper per token file, since each refresh
+    uses up the stored refresh token."""
+    if not settings.channel_points.enabled:
+        return None
+    from generator_host.edges.twitch import auth
+    from generator_host.edges.twitch.channel_points import ChannelPoints
+
+    if chat_keeper is not None and chat_keeper.account == "broadcaster":
+        return ChannelPoints(settings, chat_keeper, home, run_keeper=False)
+    path = auth.token_path(home, "broadcaster")
+    tokens = auth.load_tokens(path)
+    if tokens is None or not settings.twitch.client_id.strip():
+        print("Channel points: off for now: they need [twitch] client_id and the broadcaster's "
+              "login (run 'generator-host login'); chat commands work as usual")  # fmt: skip
+        return None
+
+    def problem(text: str) -> None:
+        for host in hosts:
+            host.notice(text)
+
+    client = auth.IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url)
+    keeper = auth.TokenKeeper(client, path, tokens, account="broadcaster", on_problem=problem)
+    return ChannelPoints(settings, keeper, home, run_keeper=True)
 
 
 def _chat_login(settings: Settings, home: Path) -> tuple[Any, list[Host]]:

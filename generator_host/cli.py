@@ -250,7 +250,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     try:
         tokens = auth.device_login(
             client,
-            auth.scopes_for(account),  # channel points (a later feature) add theirs here
+            auth.scopes_for(account, channel_points=settings.channel_points.enabled),
             account=account,
             out=sys.stdout,
             open_browser=not args.no_browser,

@@ -368,7 +368,11 @@ class Show:
                 self.refund(out, now, request, why)
             self.running_run = [r for r in self.running_run if not r.redemption_id]
             kept: set[int] = set()
-        else:
+        else:  # running ones back to the front of the queue: a late failure is no refund
+            for request in reversed([r for r in self.running_run if r.redemption_id]):
+                out.append(CancelGeneration(request.id))
+                self.end_request(request.id)
+                self.queue.add(request, front=True)
             kept = {e.id for e in self.screen.history}
         for entry_id in [e for e in self.paid_entries if e not in kept]:
             entry = self.screen.entry(entry_id)

@@ -32,7 +32,7 @@ import aiohttp
 
 from generator_host.core import events as ev
 from generator_host.core.settings import Settings
-from generator_host.edges.twitch.eventsub import EventSub
+from generator_host.edges.twitch.eventsub import KEEPALIVE_GRACE, EventSub
 from generator_host.edges.twitch.helix import REDEMPTION_EVENT, Helix, HelixError
 from generator_host.edges.twitch.redemptions import INTENT, RECEIVED, RedemptionStore, Stored
 
@@ -90,6 +90,7 @@ class ChannelPoints:
         self.store = RedemptionStore(Path(home) / STORE_FILE)
         self.run_keeper = run_keeper  # False when the chat already keeps this login alive
         self.retry_max = retry_max
+        self.keepalive_grace = KEEPALIVE_GRACE
         self.available = False
         self.broadcaster = ""
         self.reward_id = ""
@@ -161,6 +162,7 @@ class ChannelPoints:
             on_welcome=self._subscribe,
             on_notification=self._on_notification,
             on_revocation=self._on_revocation,
+            keepalive_grace=self.keepalive_grace,
             retry_max=self.retry_max,
         )
         self._spawn(self.eventsub.run())

@@ -307,3 +307,59 @@ def test_a_channel_without_channel_points_gets_one_clear_line_and_chat_still_pai
     lines = [r.getMessage() for r in caplog.records if "Affiliate" in r.getMessage()]
     assert len(lines) == 1 and "chat commands work as before" in lines[0]
     assert fake_api.rewards == {} and not fake_api.subscriptions
+
+
+# ---- a real host process, killed ---------------------------------------------------------
+def test_sigkill_between_shown_and_the_status_call_fulfils_exactly_once_after_restart(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    fake_id: FakeTwitchId,
+    fake_api: FakeTwitchApi,
+    server: Any,
+) -> None:
+    """The picture is on screen and the FULFILLED call is on its way (Twitch holds it
+    unanswered) when the host is SIGKILLed; a redemption comes while it is down. After
+    the restart: each is FULFILLED exactly once, and nothing is painted twice."""
+    from tests.obs_harness import free_port
+    from tests.reliability_helpers import HostProcess, gallery_rows, host_config, wait_until
+
+    data = tmp_path / "data"
+    issued = fake_id.issue()
+    tokens = auth.Tokens(
+        issued["access_token"], issued["refresh_token"], expires_at=time.time() + 3600,
+        login="streamer", user_id="12345",
+    )  # fmt: skip
+    auth.save_tokens(auth.token_path(data, "broadcaster"), tokens)
+    twitch = {"client_id": fake_id.client_id, "id_url": fake_id.url,
+              "helix_url": fake_api.helix_url, "eventsub_url": fake_api.ws_url}  # fmt: skip
+    cfg = host_config(tmp_path / "config.toml", model_dir=tiny_model_dir,
+                      twitch_port=server.port, twitch=twitch)  # fmt: skip
+    cfg.write_text(cfg.read_text() + "[channel_points]\nenabled = true\n")
+    port = free_port()
+    status_path = "/channel_points/custom_rewards/redemptions"
+    first = HostProcess(cfg, data, port).start()
+    second: HostProcess | None = None
+    try:
+        assert wait_until(fake_api.subscribed, 30), first.output[-3000:]
+        fake_api.hang_status = 1  # the first status call is received, never answered
+        shown = fake_api.redeem("ann", "a fox on screen")
+        assert wait_until(lambda: fake_api.calls_to(status_path, "PATCH"), 60), first.output
+        first.kill()
+        assert fake_api.applied(shown) == []
+        away = fake_api.redeem("bob", "a fox while away", notify=False)
+        second = HostProcess(cfg, data, port).start()
+        assert wait_until(lambda: fake_api.applied(shown) and fake_api.applied(away), 60), (
+            second.output[-3000:]
+        )
+        time.sleep(0.5)  # a second status would come now
+        assert fake_api.applied(shown) == ["FULFILLED"]
+        assert fake_api.applied(away) == ["FULFILLED"]
+        prompts = [row[3] for row in gallery_rows(data)]
+        assert prompts.count("a fox on screen") == 1 and prompts.count("a fox while away") == 1
+    finally:
+        if second is not None:
+            second.stop()
+        first.kill()
+    assert second is not None and "Traceback" not in first.output + second.output
+    assert issued["access_token"] not in first.output + second.output
+    assert fake_api.rewards[next(iter(fake_api.rewards))]["is_paused"] is True

@@ -228,6 +228,10 @@ def test_session_reconnect_amid_ten_redemptions_and_a_silent_connection_each_han
         await until(lambda: len(fake_api.calls_to("/eventsub/subscriptions", "POST")) == 2, 15)
         fake_api.send_keepalives = True
         await until(fake_api.subscribed)
+        # Twitch revokes the subscription: subscribed again on the same session
+        await asyncio.to_thread(fake_api.revoke)
+        await until(lambda: len(fake_api.calls_to("/eventsub/subscriptions", "POST")) == 3)
+        await until(fake_api.subscribed)
         ids.append(await asyncio.to_thread(fake_api.redeem, "late", "one more fox"))
         await until(lambda: fake_api.applied(ids[-1]), 30)
 
@@ -235,6 +239,31 @@ def test_session_reconnect_amid_ten_redemptions_and_a_silent_connection_each_han
     counts = Counter(r for r, _ in fake_api.statuses)
     assert all(counts[r] == 1 for r in ids), counts
     assert {s for _, s in fake_api.statuses} == {"FULFILLED"}
+
+
+def test_the_reward_is_paused_while_the_queue_is_full(
+    tmp_path: Path, tiny_model_dir: Path, fake_id: FakeTwitchId, fake_api: FakeTwitchApi
+) -> None:
+    settings = cp_settings(tmp_path, tiny_model_dir, fake_id, fake_api)
+    settings.moderation.max_queue = 1
+    host = make_host(tmp_path, tiny_model_dir, settings, fake_id)
+    gate = Gate(host.engine, "slow")
+
+    def paused() -> bool:
+        return bool(next(iter(fake_api.rewards.values()))["is_paused"])
+
+    async def scenario() -> None:
+        await until(fake_api.subscribed)
+        first = await asyncio.to_thread(fake_api.redeem, "ann", "a slow fox")
+        await until(gate.entered.is_set)
+        second = await asyncio.to_thread(fake_api.redeem, "bob", "a waiting fox")
+        await until(paused)  # one waiting: the queue is full
+        threading.Thread(target=gate.open_when, args=(lambda: True,), daemon=True).start()
+        await until(lambda: not paused())
+        await until(lambda: fake_api.applied(first) and fake_api.applied(second))
+
+    run(host, scenario)
+    assert sorted(s for _, s in fake_api.statuses) == ["FULFILLED", "FULFILLED"]
 
 
 def test_hostile_notifications_are_ignored_with_a_line_and_a_token_refresh_goes_unnoticed(

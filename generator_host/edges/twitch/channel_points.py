@@ -191,8 +191,13 @@ class ChannelPoints:
                     raise
                 log.info("channel points: the reward was deleted on Twitch; making it again")
         title = self.settings.channel_points.title.casefold()
-        mine = [r for r in await self.helix.rewards(self.broadcaster)
-                if str(r.get("title", "")).casefold() == title]  # fmt: skip
+        try:
+            listed = await self.helix.rewards(self.broadcaster)
+        except HelixError as exc:
+            if exc.status == 403:
+                raise
+            listed = []  # cannot list: try to create (a duplicate title is said below)
+        mine = [r for r in listed if str(r.get("title", "")).casefold() == title]
         if mine:
             reward_id = str(mine[0].get("id", ""))
             await self.helix.update_reward(self.broadcaster, reward_id, state)
@@ -218,9 +223,13 @@ class ChannelPoints:
         pending = self.store.in_state(INTENT)
         for start in range(0, len(pending), 50):
             chunk = pending[start : start + 50]
-            found = await self.helix.redemptions(
-                self.broadcaster, self.reward_id, ids=tuple(s.id for s in chunk)
-            )
+            try:
+                found = await self.helix.redemptions(
+                    self.broadcaster, self.reward_id, ids=tuple(s.id for s in chunk)
+                )
+            except HelixError as exc:  # cannot ask: send; Twitch refuses a second status
+                log.info("channel points: cannot look up decided redemptions (%s)", exc)
+                found = []
             status = {str(r.get("id")): str(r.get("status", "")).upper() for r in found}
             for item in chunk:
                 now = status.get(item.id, "")
@@ -256,6 +265,13 @@ class ChannelPoints:
         assert self.helix is not None
         await self.helix.subscribe(session_id, self.broadcaster, self.reward_id)
         log.info("channel points: listening for redemptions")
+        self._spawn(self._catch_up())  # redemptions made while no session listened
+
+    async def _catch_up(self) -> None:
+        try:
+            await self._reconcile()
+        except HelixError as exc:
+            log.warning("channel points: cannot list unfulfilled redemptions (%s)", exc)
 
     async def _on_revocation(self, subscription: dict[str, Any]) -> None:
         why = str(subscription.get("status", ""))[:60]

@@ -82,7 +82,9 @@ class FakeTwitchApi:
         app = web.Application()
         app.router.add_route("*", "/helix/{tail:.*}", self._helix)
         app.router.add_get("/ws", self._ws)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=0.5, access_log=None
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

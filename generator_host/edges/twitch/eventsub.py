@@ -72,7 +72,7 @@ class EventSub:
 
     async def run(self) -> None:
         """Connect, subscribe, read; reconnect with backoff after a drop or silence."""
-        backoff = 1.0
+        backoff = 0.0  # the first retry at once (Twitch: reconnect right away), then doubling
         while not self._stopping:
             try:
                 ws = await self._connect(self.url)
@@ -82,7 +82,7 @@ class EventSub:
                     log.warning("EventSub: subscribing failed (%s); reconnecting", exc)
                     await ws.close()
                     raise ConnectionError("subscription failed") from None
-                backoff = 1.0
+                backoff = 0.0
                 await self._read(ws)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 if self._stopping:
@@ -90,7 +90,7 @@ class EventSub:
                 log.warning("EventSub: connection lost (%s); again in %.0f s", exc or
                             type(exc).__name__, backoff)  # fmt: skip
                 await asyncio.sleep(backoff)
-                backoff = min(self.retry_max, backoff * 2)
+                backoff = min(self.retry_max, max(1.0, backoff * 2))
 
     async def _connect(self, url: str) -> aiohttp.ClientWebSocketResponse:
         """A connection whose welcome arrived; sets the session id and keepalive."""

@@ -89,17 +89,36 @@ def test_a_refused_redemption_is_refunded_once_and_the_viewer_told(text: str, wh
     assert show.queued == 0 and show.running is None
 
 
-def test_cooldown_queue_full_and_ignored_viewers_are_refunded() -> None:
-    show = make(max_queue=1, user_cooldown_seconds=30.0)
+def test_mode_queue_full_and_ignored_viewers_are_refunded_but_no_cooldown_applies() -> None:
+    show = make(max_queue=2, user_cooldown_seconds=30.0)
     first, _ = redeem(show, "ann", "one fox", now=0)  # runs
-    cool, out = redeem(show, "ann", "two foxes", now=1)
-    assert settles(out) == [(cool, "CANCELED")] and "cooldown" in replies(out)[0]
-    redeem(show, "bob", "queued fox", now=2)  # waits: the queue is full now
+    again, out = redeem(show, "ann", "two foxes", now=1)  # paid: no cooldown, no one-waiting
+    assert settles(out) == [] and show.queued == 1
+    redeem(show, "bob", "queued fox", now=2)  # the queue is full now
     full, out = redeem(show, "cid", "one too many", now=3)
     assert settles(out) == [(full, "CANCELED")] and "full" in " ".join(replies(out))
     chat(show, "boss", "!ignore @dan", role=Role.MODERATOR)
     ignored, out = redeem(show, "dan", "fox", now=4)
     assert settles(out) == [(ignored, "CANCELED")] and replies(out) == []
+    chat(show, "boss", "!mode subscribers", role=Role.MODERATOR)
+    closed, out = redeem(show, "eve", "fox", now=5)
+    assert settles(out) == [(closed, "CANCELED")] and "subscribers" in replies(out)[0]
+
+
+def test_redemptions_wait_ahead_of_free_requests_and_keep_it_across_a_restart() -> None:
+    show = make(max_queued_per_user=5)
+    chat(show, "ann", "!generate running fox")
+    chat(show, "bob", "!generate free fox")
+    rid, _ = redeem(show, "cid", "paid fox")
+    assert [r.params.prompt for r in show.queue_order()] == ["paid fox", "free fox"]
+    state = json.loads(json.dumps(show.snapshot()))
+    again = Show(show.settings, state, blocklist=show.moderator.blocklist)
+    restored = [r.params.prompt for r in again.queue_order()]
+    assert restored == ["paid fox", "running fox", "free fox"]  # the run goes back in line
+    assert again.pending_redemptions() == {rid}
+    show.settings.channel_points.priority = False
+    redeem(show, "dan", "late paid fox")
+    assert [r.params.prompt for r in show.queue_order()][-1] == "late paid fox"
 
 
 def test_failed_cancelled_and_withheld_redemptions_are_refunded() -> None:

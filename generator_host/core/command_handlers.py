@@ -53,7 +53,8 @@ def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
     """A channel-point redemption: the viewer's text is read as !generate's arguments
     (prompt, ### negative, options) under the same rules; a refusal refunds the points
     and says why. Twitch tells no roles with a redemption: the viewer counts as everyone
-    (so !mode subscribers refunds redemptions too)."""
+    (so !mode subscribers refunds redemptions too). Paid (moderation.check_request): no
+    cooldown or one-waiting limit, but a full queue refunds."""
     request = GenerationRequest(  # only to carry the id into show.refund
         id="", requester=Requester(ctx.viewer.login, ctx.viewer.display_name),
         params=GenerationParams(prompt=""), created=ctx.now, redemption_id=redemption_id,
@@ -69,7 +70,7 @@ def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
         refund("your redemption had no prompt")
         return
     mine = len(show.requests_of(ctx.viewer.login))
-    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued)
+    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued, ctx.paid)
     if refusal:
         refund(refusal.text)
         return

@@ -194,6 +194,7 @@ class ChannelPointsSettings:
     max_per_user_per_stream: int = setting(
         0, "Redemptions per viewer per stream; 0 no limit.", range=(0, 10**6)
     )
+    priority: bool = setting(True, "Redemptions wait ahead of free requests in the queue.")
     on_stop: str = setting(
         "refund",
         "Redemptions not served when the host stops: refund them, or keep them queued for "

@@ -343,7 +343,7 @@ class Show:
             return  # the same redemption again (a restart, a repeated notification)
         login = cmds.parse_login(event.login) or event.login.lower()
         viewer = Viewer(login=login, display_name=event.display_name, user_id=event.user_id)
-        ctx = Ctx(viewer=viewer, args=event.prompt, now=event.now, out=out)
+        ctx = Ctx(viewer=viewer, args=event.prompt, now=event.now, out=out, paid=Paid.POINTS)
         handlers.redeem(self, ctx, event.redemption_id)
 
     def _on_redemptions_settled(self, event: RedemptionsSettled, out: list[Effect]) -> None:
@@ -556,6 +556,8 @@ class Show:
 
     def jumps_ahead(self, paid: Paid | None) -> bool:
         """Whether a request paid this way waits ahead of free ones (the streamer's choice)."""
+        if paid is Paid.POINTS:
+            return self.settings.channel_points.priority
         return paid is Paid.BITS and self.settings.bits.priority
 
     def requests_of(self, login: str) -> list[GenerationRequest]:

@@ -178,7 +178,7 @@ class ChannelPointsSettings:
         "Paint a picture", "The reward's title on Twitch (unique on your channel).",
         rule=lambda v: 1 <= len(v) <= 45, rule_text="must be 1 to 45 characters",
     )  # fmt: skip
-    cost: int = setting(500, "Points one picture costs.", range=(1, 1_000_000))
+    cost: int = setting(500, "Points one picture costs.", range=(1, 999_999))
     prompt: str = setting(
         "Describe the picture. Refunded if it cannot be shown.",
         "The text viewers see when they redeem it.",
@@ -190,9 +190,11 @@ class ChannelPointsSettings:
     global_cooldown_seconds: int = setting(
         0, "Seconds between two redemptions by anyone; 0 off.", range=(0, 604800)
     )
-    max_per_stream: int = setting(0, "Redemptions per stream in all; 0 no limit.", range=(0, 10**6))
+    max_per_stream: int = setting(
+        0, "Redemptions per stream in all; 0 no limit.", range=(0, 999_999)
+    )
     max_per_user_per_stream: int = setting(
-        0, "Redemptions per viewer per stream; 0 no limit.", range=(0, 10**6)
+        0, "Redemptions per viewer per stream; 0 no limit.", range=(0, 999_999)
     )
     priority: bool = setting(True, "Redemptions wait ahead of free requests in the queue.")
     on_stop: str = setting(

@@ -266,6 +266,41 @@ def test_the_reward_is_paused_while_the_queue_is_full(
     assert sorted(s for _, s in fake_api.statuses) == ["FULFILLED", "FULFILLED"]
 
 
+def test_a_restart_updates_the_same_reward_to_the_new_config_and_serves_kept_redemptions(
+    tmp_path: Path, tiny_model_dir: Path, fake_id: FakeTwitchId, fake_api: FakeTwitchApi
+) -> None:
+    settings = cp_settings(tmp_path, tiny_model_dir, fake_id, fake_api, on_stop="keep")
+    host = make_host(tmp_path, tiny_model_dir, settings, fake_id)
+    gate = Gate(host.engine, "slow")
+    kept: list[str] = []
+
+    async def first() -> None:
+        await until(fake_api.subscribed)
+        kept.append(await asyncio.to_thread(fake_api.redeem, "ann", "a slow fox"))
+        kept.append(await asyncio.to_thread(fake_api.redeem, "bob", "a waiting fox"))
+        await until(gate.entered.is_set)
+        opener = (lambda: host.stopped.is_set() and host.show.running is None,)
+        threading.Thread(target=gate.open_when, args=opener, daemon=True).start()
+
+    run(host, first)
+    assert fake_api.statuses == []  # kept for the next start, not refunded
+    assert next(iter(fake_api.rewards.values()))["is_paused"] is True
+
+    settings.channel_points.cost = 42
+    settings.channel_points.prompt = "A new prompt"
+    again = make_host(tmp_path, tiny_model_dir, settings, fake_id)
+
+    async def second() -> None:
+        await until(lambda: all(fake_api.applied(r) for r in kept))
+
+    run(again, second)
+    assert len(fake_api.rewards) == 1 and len(fake_api.calls_to(
+        "/channel_points/custom_rewards", "POST")) == 1  # fmt: skip
+    (reward,) = fake_api.rewards.values()
+    assert reward["cost"] == 42 and reward["prompt"] == "A new prompt"
+    assert [fake_api.applied(r) for r in kept] == [["FULFILLED"], ["FULFILLED"]]
+
+
 def test_hostile_notifications_are_ignored_with_a_line_and_a_token_refresh_goes_unnoticed(
     tmp_path: Path,
     tiny_model_dir: Path,

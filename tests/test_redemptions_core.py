@@ -180,7 +180,9 @@ def test_on_stop_refund_refunds_everything_unserved_and_keep_keeps_it() -> None:
     show.settings.channel_points.on_stop = "keep"
     running, _ = redeem(show, "ann", "fox")
     queued, _ = redeem(show, "bob", "fox")
-    assert settles(show.handle(Stopping(now=2))) == []
+    out = show.handle(Stopping(now=2))
+    assert settles(out) == [] and show.running is None  # and no new run starts
+    assert not [e for e in out if type(e).__name__ in ("StartGeneration", "StartBatch")]
     state = json.loads(json.dumps(show.snapshot()))
     again = Show(show.settings, state, blocklist=show.moderator.blocklist)
     assert again.pending_redemptions() == {running, queued}

@@ -173,6 +173,7 @@ class Show:
         self.last: cmds.GenerateArgs | None = None  # what !regenerate repeats, no seed
         self.counter = 0
         self.terminated = False
+        self.stopping = False  # the host is stopping: no new run starts
         self._resumed = False
         self._slideshow_setting = -1.0
         self._status = ""
@@ -355,6 +356,7 @@ class Show:
         self.paid_entries = {e: r for e, r in self.paid_entries.items() if r not in done}
 
     def _on_stopping(self, event: Stopping, out: list[Effect]) -> None:
+        self.stopping = True
         self.settle_on_stop(event.now, out)
 
     def settle_on_stop(self, now: float, out: list[Effect]) -> None:
@@ -588,7 +590,7 @@ class Show:
 
     def _maybe_start(self, now: float, out: list[Effect]) -> None:
         """Start the next run when nothing runs and no finished picture waits on deck."""
-        if self.running_run or not self.queue or self.screen.deck:
+        if self.running_run or not self.queue or self.screen.deck or self.stopping:
             return
         batch = self.queue.next_batch(self.settings.model.max_batch)
         if self.settings.show.cut_to_one_when_waiting and self.queue:

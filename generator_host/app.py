@@ -472,7 +472,7 @@ class Host:
         await self._start_review()
         if self.points is not None:
             self.points.attach(self.feed, self.notice, self.show.pending_redemptions)
-            await self.points.start()
+            self.points.begin()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self.stopped.set)

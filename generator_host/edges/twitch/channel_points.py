@@ -116,7 +116,16 @@ class ChannelPoints:
         notice: Callable[[str], None],
         pending: Callable[[], set[str]],
     ) -> None:
+        """Connect to the host, and at once (before the restored queue may start a run)
+        tell the show which redemptions were settled before the restart."""
         self._feed, self._notice, self._pending = feed, notice, pending
+        settled = tuple(sorted(self.store.settled_ids()))
+        if settled:
+            self._feed(ev.RedemptionsSettled(settled, now=time.monotonic()))
+
+    def begin(self) -> None:
+        """`start` in the background: a slow Twitch never delays the chat or OBS."""
+        self._spawn(self.start())
 
     def _spawn(self, coro: Any, into: set[asyncio.Task[Any]] | None = None) -> None:
         task = asyncio.ensure_future(coro)
@@ -127,9 +136,15 @@ class ChannelPoints:
     # ---- start ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Reward, reconciliation, EventSub. Never raises: a problem is one clear line."""
-        settled = tuple(sorted(self.store.settled_ids()))
-        if settled:
-            self._feed(ev.RedemptionsSettled(settled, now=time.monotonic()))
+        try:
+            await self._start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not end the stream: chat commands go on
+            log.exception("channel points: setting up failed; chat commands work as before")
+            self._notice("channel points unavailable (see the host's log); chat works")
+
+    async def _start(self) -> None:
         self._session = aiohttp.ClientSession()
         self.helix = Helix(
             self.settings.twitch.helix_url,

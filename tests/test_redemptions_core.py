@@ -8,6 +8,9 @@ import json
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from generator_host.core.approval import Settlement, Tile, settlement
 from generator_host.core.events import (
@@ -211,3 +214,66 @@ def test_every_redemption_settles_exactly_once_in_a_busy_mix() -> None:
         counts.update(r for r, _ in settles(out))
     counts.update(r for r, _ in settles(show.handle(Stopping(now=60))))
     assert all(counts[rid] == 1 for rid in ids), counts
+
+
+ACTIONS = ["redeem", "redeem", "chat", "shown", "held", "blurred", "skipped", "fail",
+           "tick", "approve", "reject", "cancel", "ban", "grid"]  # fmt: skip
+
+
+@hyp_settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(0, 5)), max_size=60))
+def test_any_interleaving_settles_each_redemption_at_most_once_and_all_by_the_stop(
+    steps: list[tuple[str, int]],
+) -> None:
+    from generator_host.core.message import UserRemoved
+
+    show = make(max_queued_per_user=3, min_display=2.0)
+    counts: Counter[str] = Counter()
+    redeemed: list[str] = []
+    now = 0.0
+    for action, k in steps:
+        now += 0.7
+        out: list = []
+        if action == "redeem":
+            rid, out = redeem(show, f"v{k}", f"fox {k}", now=now)
+            redeemed.append(rid)
+        elif action == "chat":
+            out = chat(show, f"v{k}", f"!generate free {k}", now=now)
+        elif action in ("shown", "held", "blurred", "skipped") and show.running:
+            out = finish(show, outcome=action, flagged=(action != "shown",), now=now)
+        elif action == "grid" and show.running:
+            req = show.running
+            entry = entry_for(req, 500 + next(_n), now, "held")
+            entry = dataclasses.replace(entry, count=2, flagged=(k % 2 == 0, True), mode="hold")
+            out = show.handle(GenerationFinished(req.id, entry, now))
+        elif action == "fail" and show.running:
+            out = show.handle(GenerationFailed(show.running.id, "boom", now=now))
+        elif action == "approve" and show.paid_entries:
+            entry_id = sorted(show.paid_entries)[k % len(show.paid_entries)]
+            out = show.handle(ApproveEntry(entry_id, tile=None if k % 2 else 0, now=now))
+        elif action == "reject" and show.paid_entries:
+            entry_id = sorted(show.paid_entries)[k % len(show.paid_entries)]
+            out = show.handle(RejectEntry(entry_id, now=now))
+        elif action == "cancel":
+            out = show.handle(CancelRequests(f"v{k}", now=now))
+        elif action == "ban":
+            out = show.handle(UserRemoved(f"v{k}", now=now))
+        else:
+            out = show.handle(Tick(now=now))
+        counts.update(r for r, _ in settles(out))
+        assert all(counts[r] <= 1 for r in redeemed), (action, counts)
+    counts.update(r for r, _ in settles(show.handle(Stopping(now=now + 1))))
+    assert all(counts[r] == 1 for r in redeemed), counts
+    assert set(counts) <= set(redeemed)
+
+
+def test_rejecting_the_picture_on_screen_while_another_waits_on_deck() -> None:
+    """Found by the interleaving test: the status line's wait was computed from -inf
+    (nothing held any more) and the show raised, losing the rejection's effects."""
+    show = make(max_queued_per_user=3, min_display=2.0)
+    chat(show, "ann", "!generate a", now=0.7)
+    chat(show, "ann", "!generate b", now=1.4)
+    finish(show, outcome="held", flagged=(True,), now=2.1, entry_id=101)
+    finish(show, outcome="shown", now=2.8, entry_id=102)  # waits on deck
+    out = show.handle(RejectEntry(101, now=3.5))
+    assert any("rejected" in t for t in replies(out))

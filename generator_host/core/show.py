@@ -645,7 +645,8 @@ class Show:
         if self.running_run or self.queue:
             parts.append(f"{self.queued} queued")
         if self.screen.deck:
-            wait = max(1, math.ceil(self.screen.shown_at + self.screen.min_display - now))
+            left = self.screen.shown_at + self.screen.min_display - now  # -inf: nothing held
+            wait = max(1, math.ceil(max(0.0, left)))
             parts.append(f"{len(self.screen.deck)} ready, next picture in {wait} s")
         text = ", ".join(parts) or f"ready for {self.prefix}generate"
         if text != self._status:

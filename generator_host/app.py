@@ -23,6 +23,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
 import tempfile
@@ -822,22 +823,29 @@ def _channel_points(settings: Settings, home: Path, chat_keeper: Any, hosts: lis
     from generator_host.edges.twitch import auth
     from generator_host.edges.twitch.channel_points import ChannelPoints
 
-    if chat_keeper is not None and chat_keeper.account == "broadcaster":
-        return ChannelPoints(settings, chat_keeper, home, run_keeper=False)
-    path = auth.token_path(home, "broadcaster")
-    tokens = auth.load_tokens(path)
-    if tokens is None or not settings.twitch.client_id.strip():
-        print("Channel points: off for now: they need [twitch] client_id and the broadcaster's "
-              "login (run 'generator-host login'); chat commands work as usual")  # fmt: skip
+    own = chat_keeper is None or chat_keeper.account != "broadcaster"
+    keeper = chat_keeper
+    if own:
+        path = auth.token_path(home, "broadcaster")
+        tokens = auth.load_tokens(path)
+        if tokens is None or not settings.twitch.client_id.strip():
+            print("Channel points: off for now: they need [twitch] client_id and the "
+                  "broadcaster's login (run 'generator-host login'); chat commands work as "
+                  "usual")  # fmt: skip
+            return None
+
+        def problem(text: str) -> None:
+            for host in hosts:
+                host.notice(text)
+
+        client = auth.IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url)
+        keeper = auth.TokenKeeper(client, path, tokens, account="broadcaster", on_problem=problem)
+    try:
+        return ChannelPoints(settings, keeper, home, run_keeper=own)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"Channel points: off for now: cannot open their store in {home} ({exc}); "
+              "chat commands work as usual")  # fmt: skip
         return None
-
-    def problem(text: str) -> None:
-        for host in hosts:
-            host.notice(text)
-
-    client = auth.IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url)
-    keeper = auth.TokenKeeper(client, path, tokens, account="broadcaster", on_problem=problem)
-    return ChannelPoints(settings, keeper, home, run_keeper=True)
 
 
 def _chat_login(settings: Settings, home: Path) -> tuple[Any, list[Host]]:

@@ -62,6 +62,8 @@ class FakeTwitchApi:
     rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
     redemptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     statuses: list[tuple[str, str]] = field(default_factory=list)  # applied (id, status)
+    applied_at: dict[str, float] = field(default_factory=dict)  # id -> time.monotonic()
+    redeemed_at: dict[str, float] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     conns: list[Conn] = field(default_factory=list)
 
@@ -220,6 +222,7 @@ class FakeTwitchApi:
             for red in hits:
                 red["status"] = status
                 self.statuses.append((red["id"], status))
+                self.applied_at[red["id"]] = time.monotonic()
             return 200, {"data": hits}
         return 405, {"message": "method"}
 
@@ -308,6 +311,7 @@ class FakeTwitchApi:
                        "prompt": reward.get("prompt", "")},
         }  # fmt: skip
         self.redemptions[rid] = event
+        self.redeemed_at[rid] = time.monotonic()
         if notify:
             self._run(self._notify(dict(event, status="unfulfilled"), repeat))
         return rid

@@ -309,6 +309,45 @@ def test_a_restart_updates_the_same_reward_to_the_new_config_and_serves_kept_red
     assert [fake_api.applied(r) for r in kept] == [["FULFILLED"], ["FULFILLED"]]
 
 
+def test_at_start_a_status_twitch_already_took_is_not_resent_and_a_lost_redemption_is_served(
+    tmp_path: Path, tiny_model_dir: Path, fake_id: FakeTwitchId, fake_api: FakeTwitchApi
+) -> None:
+    """The two kill -9 windows the subprocess test does not hit: Twitch applied the status
+    but the host died before noting it; the host stored a redemption but died before its
+    queue was saved."""
+    from generator_host.edges.twitch.channel_points import STORE_FILE
+    from generator_host.edges.twitch.redemptions import DONE, RedemptionStore, Stored
+
+    settings = cp_settings(tmp_path, tiny_model_dir, fake_id, fake_api)
+    first = make_host(tmp_path, tiny_model_dir, settings, fake_id)
+
+    async def setup() -> None:
+        await until(fake_api.subscribed)
+
+    run(first, setup)
+    took = fake_api.redeem("ann", "a fox", notify=False)
+    fake_api.redemptions[took]["status"] = "FULFILLED"  # applied, never answered
+    lost = fake_api.redeem("bob", "a lost fox", notify=False)
+    store = RedemptionStore(tmp_path / "data" / STORE_FILE)
+    reward_id = next(iter(fake_api.rewards))
+    for rid, login in ((took, "ann"), (lost, "bob")):
+        store.receive(Stored(rid, reward_id, login, login, "", "a fox", "received"))
+    store.intend(took, "FULFILLED", "picture 1 shown", reward_id)
+    store.close()
+    again = make_host(tmp_path, tiny_model_dir, settings, fake_id)
+
+    async def scenario() -> None:
+        await until(lambda: fake_api.applied(lost))
+
+    run(again, scenario)
+    patched = [c for c in fake_api.calls_to("/channel_points/custom_rewards/redemptions", "PATCH")
+               if ("id", took) in c.query]  # fmt: skip
+    assert patched == [] and fake_api.applied(lost) == ["FULFILLED"]
+    store = RedemptionStore(tmp_path / "data" / STORE_FILE)
+    assert store.get(took).state == DONE and store.get(lost).state == DONE  # type: ignore[union-attr]
+    store.close()
+
+
 def test_hostile_notifications_are_ignored_with_a_line_and_a_token_refresh_goes_unnoticed(
     tmp_path: Path,
     tiny_model_dir: Path,

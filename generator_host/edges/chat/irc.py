@@ -70,7 +70,7 @@ class TokenSource(Protocol):
 
     def access_token(self) -> str: ...
 
-    async def renew_after_refusal(self) -> bool: ...
+    async def renew_after_refusal(self, refused: str) -> bool: ...
 
     async def keep(self) -> None: ...
 
@@ -188,6 +188,7 @@ class TwitchAdapter:
         self.connections = 0
         self.dropped_sends = 0
         self.duplicates_dropped = 0
+        self._token_sent = ""  # the token of the last chat login (never logged)
 
     def __repr__(self) -> str:  # never the token
         return f"TwitchAdapter(channel={self.channel!r}, login={self.login!r})"
@@ -230,7 +231,7 @@ class TwitchAdapter:
                 # One refresh per refusal streak: a fresh token refused too (missing
                 # scopes, another account) is not fixed by refreshing again.
                 renewed = renewed_at == self._joins  # and not joined since
-                if not renewed and await self.tokens.renew_after_refusal():
+                if not renewed and await self.tokens.renew_after_refusal(self._token_sent):
                     renewed_at = self._joins
                     log.info("Twitch refused the chat login; reconnecting with the refreshed token")
                     continue
@@ -316,6 +317,7 @@ class TwitchAdapter:
         handed_over = False
         try:
             token = (self.tokens.access_token() if self.tokens else s.token).strip()
+            self._token_sent = token.removeprefix("oauth:")  # which one a refusal was about
             token = token if token.startswith("oauth:") else f"oauth:{token}"
             self._write_raw(writer, ircparse.build_line("PASS", token))
             self._write_raw(writer, ircparse.build_line("NICK", self.login))

@@ -425,9 +425,11 @@ class TokenKeeper:
             self.tokens.login = who.login
         return True
 
-    async def renew_after_refusal(self) -> bool:
-        """Twitch refused the token (IRC login): refresh; True when there is a new one."""
-        return await self.refresh(stale=self.tokens.access_token)
+    async def renew_after_refusal(self, refused: str) -> bool:
+        """Twitch refused `refused` (the token the chat logged in with): refresh unless it
+        was replaced meanwhile (the validation at start may have refreshed it already);
+        True when there is a new one."""
+        return await self.refresh(stale=refused)
 
     async def keep(self) -> None:
         """Validate now and every `validate_every`; refresh `refresh_margin` before expiry."""

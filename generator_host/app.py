@@ -80,9 +80,23 @@ class Host:
         self.gallery = gallery
         self.link_token = link_token
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # Prompts are scored against the safety categories on a thread of their own: a
+        # check must neither block the loop nor wait behind a generation on `worker`.
+        self.prompt_checker = getattr(engine, "prompt_checker", None)
+        self.prompt_worker = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-check")
+            if self.prompt_checker is not None
+            else None
+        )
         self._blocklist_file = settings.moderation.blocklist_file
         blocklist, problems = load_blocklist(self._blocklist_file)
-        self.show = Show(settings, self._load_state(), secrets.randbits(64), blocklist=blocklist)
+        self.show = Show(
+            settings,
+            self._load_state(),
+            secrets.randbits(64),
+            blocklist=blocklist,
+            prompt_check=self.prompt_checker is not None,
+        )
         for problem in problems + self.show.problems:
             log.warning("settings: %s", problem)
         self.link: Any = None
@@ -262,6 +276,8 @@ class Host:
                 run = loop.create_task(self._run(requests or list(effect.requests)))
                 self._runs.add(run)
                 run.add_done_callback(self._runs.discard)
+            elif isinstance(effect, ev.CheckPrompt):
+                self._spawn(self._check_prompt(effect.request))
             elif isinstance(effect, ev.CancelGeneration):
                 flag = self._cancel_flags.get(effect.request_id)
                 if flag is not None:
@@ -351,6 +367,31 @@ class Host:
                 self._cancel_flags.pop(request.id, None)
         for request, outcome in zip(requests, outcomes, strict=True):
             self.feed(self._outcome_event(request, outcome))
+
+    async def _check_prompt(self, request: GenerationRequest) -> None:
+        """Score the prompt (never the negative prompt) on the prompt-check thread, then
+        tell the show; a failed check is reported as such (the show refuses it)."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        scores: dict[str, float] = {}
+        error = ""
+        try:
+            assert self.prompt_checker is not None and self.prompt_worker is not None
+            scores = await loop.run_in_executor(
+                self.prompt_worker, self.prompt_checker.scores, request.params.prompt
+            )
+        except Exception as exc:  # noqa: BLE001 - bad input never kills the host
+            log.exception("the prompt check failed")
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        close = sorted(n for n, v in scores.items() if v > 0)
+        log.log(
+            logging.INFO if close or error else logging.DEBUG,
+            "prompt of @%s checked in %.0f ms%s",
+            request.requester.login,
+            (time.perf_counter() - started) * 1000,
+            f": too close to {', '.join(close)}" if close else "",
+        )
+        self.feed(ev.PromptChecked(request.id, scores, error, now=time.monotonic()))
 
     def _store(self, result: Any) -> Any:
         """On the worker: a finished result into the gallery (an error passes through)."""
@@ -509,6 +550,8 @@ class Host:
         if self.points is not None:
             await self.points.stop()  # statuses being sent, then the reward paused
         self.worker.shutdown(wait=True, cancel_futures=True)
+        if self.prompt_worker is not None:
+            self.prompt_worker.shutdown(wait=True, cancel_futures=True)
         if self._runs:
             await asyncio.gather(*self._runs, return_exceptions=True)
         self._consumer.cancel()

@@ -208,8 +208,9 @@ def test_vectors_from_another_clip_and_a_missing_text_model_stop_loading_with_a_
     wrong = _vectors_file(tmp_path / "vitb.npy", [np.ones(512)])
     with pytest.raises(EngineError, match=r"\[safety.categories.logo\] has 512-long vectors"):
         _engine(tiny_model_dir, tmp_path, {"logo": {"vectors": str(wrong)}})
-    with pytest.raises(EngineError, match="categories_text_model"):
-        _engine(tiny_model_dir, tmp_path, {}, categories_text_model=str(tmp_path / "nothing"))
+    with pytest.raises(EngineError, match="categories_text_model"):  # the streamer's own
+        own = {"spiders": {"phrases": ["a spider"]}}
+        _engine(tiny_model_dir, tmp_path, own, categories_text_model=str(tmp_path / "nothing"))
     with pytest.raises(EngineError, match="cannot read vectors file"):
         _engine(tiny_model_dir, tmp_path, {"x": {"vectors": str(tmp_path / "none.npy")}})
 

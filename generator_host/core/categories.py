@@ -6,6 +6,12 @@ text phrases (embedded by CLIP's text tower) and/or a file of vectors (learned p
 such as Q16's), plus a threshold. An image's score for a category is its highest cosine
 similarity with any of the category's directions minus the threshold, the same
 arithmetic as the stock checker's concepts: above 0 flags. Pure data and parsing, no I/O.
+
+A category that applies to prompts scores a prompt the same way, with the prompt's CLIP
+text embedding in place of the image's: best cosine minus `prompt_threshold` (unset: the
+category's `threshold`). Text-to-text cosines of CLIP run higher than image-to-text ones,
+so a prompt category wants its own, higher threshold (docs/safety.md: tune it with
+safety-eval's prompts CSV). The defaults apply to images only.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ class Category:
     threshold: float = DEFAULT_THRESHOLD
     applies_to: str = "images"  # images | prompts | both
     enabled: bool = True
+    prompt_threshold: float | None = None  # for prompts; None: `threshold`
+
+    @property
+    def threshold_for_prompts(self) -> float:
+        return self.threshold if self.prompt_threshold is None else self.prompt_threshold
 
     @property
     def on_images(self) -> bool:
@@ -67,6 +78,7 @@ _KEYS = {
     "phrases": list,
     "vectors": str,
     "threshold": float,
+    "prompt_threshold": float,
     "applies_to": str,
     "enabled": bool,
 }
@@ -83,7 +95,7 @@ def _field(name: str, key: str, value: Any) -> tuple[Any, str]:
     if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = float(value)
         if not -1.0 <= value <= 1.0:
-            return None, f"[safety.categories.{name}] threshold must be between -1 and 1"
+            return None, f"[safety.categories.{name}] {key} must be between -1 and 1"
         return value, ""
     if want is list:
         ok = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
@@ -134,3 +146,15 @@ def parse_categories(raw: Any) -> tuple[list[Category], list[str]]:
             cat = Category(name=name, enabled=False)
         out.append(cat)
     return out, problems
+
+
+def explicit(raw: Any, name: str) -> bool:
+    """Whether the streamer's own config asked for this category: a name of their own, or
+    a default's table that sets phrases, vectors or applies_to (the template's tables set
+    only thresholds, so a fresh config asks for nothing). Decides what a missing CLIP
+    text model does: explicit categories stop the start, built-in ones go off with a
+    warning (engine/categories.py)."""
+    if name not in DEFAULTS:
+        return True
+    table = raw.get(name) if isinstance(raw, dict) else None
+    return isinstance(table, dict) and any(k in table for k in ("phrases", "vectors", "applies_to"))

@@ -88,7 +88,8 @@ def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
 def _refused_now(show: Show, ctx: Ctx) -> bool:
     """Mode, cooldown, per-user and global limits; True when refused (and answered)."""
     mine = len(show.requests_of(ctx.viewer.login))
-    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued, ctx.paid)
+    waiting = show.queued + len(show.checking)
+    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, waiting, ctx.paid)
     if refusal:
         show.refuse(ctx, refusal.text, refusal.kind.value)
         return True
@@ -102,8 +103,53 @@ def _submit(
     if refusal:
         show.refuse(ctx, refusal.text, refusal.kind.value)
         return
+    if show.prompt_check:  # the safety categories score the prompt first (off the loop)
+        show.check_first(ctx, ask, seed, redemption_id)
+        return
+    request = show.new_request(ctx, ask, seed, redemption_id)
+    _queued(show, ctx, request, ask)
+
+
+def prompt_checked(
+    show: Show,
+    ctx: Ctx,
+    request: GenerationRequest,
+    ask: cmds.GenerateArgs,
+    scores: dict[str, float],
+    error: str,
+) -> None:
+    """A prompt's category scores arrived (only the prompt: a negative prompt naming a
+    category asks the model to avoid it). Too close: refused with the categories named,
+    the same way as the blocklist's refusal; or, with [safety] prompt_action = "flag",
+    queued with every tile to count as flagged, so the approval mode decides."""
+    if error:  # never unchecked: the request is refused, the reason goes to the log
+        ctx.out.append(Log(f"the prompt check failed for @{ctx.viewer.login}: {error}"))
+        text = "the safety filter could not check the prompt; try again"
+        _refuse_checked(show, ctx, request, text, text)
+        return
+    refusal = show.moderator.check_prompt_scores(scores)
+    request = dataclasses.replace(request, prompt_scores=tuple(sorted(scores.items())))
+    if refusal:
+        if show.settings.safety.prompt_action != "flag":
+            _refuse_checked(show, ctx, request, refusal.text, refusal.kind.value)
+            return
+        close = tuple(name for name, score in sorted(scores.items()) if score > 0)
+        request = dataclasses.replace(request, prompt_flagged=close)
+    _queued(show, ctx, request, ask)
+
+
+def _refuse_checked(show: Show, ctx: Ctx, request: GenerationRequest, text: str, kind: str) -> None:
+    """A refusal after the prompt check; a channel-point redemption is refunded."""
+    if request.redemption_id:
+        show.refund(ctx.out, ctx.now, request, text)
+    else:
+        show.refuse(ctx, text, kind)
+
+
+def _queued(show: Show, ctx: Ctx, request: GenerationRequest, ask: cmds.GenerateArgs) -> None:
+    """Queue the request and tell the viewer where it stands."""
     starts_now = not show.running_run and not show.screen.deck and not show.queue
-    request = show.submit(ctx, ask, seed, redemption_id)
+    show.enqueue(request, ask)
     if starts_now:  # a short "it is coming", only while the send budget is quiet
         show.say(ctx, f"starting now, about {show.eta(1, ctx.now):.0f} s", courtesy=True)
         return

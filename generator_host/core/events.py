@@ -111,6 +111,18 @@ class GenerationFailed:
 
 
 @dataclass(frozen=True)
+class PromptChecked:
+    """The app scored a request's prompt against the safety categories that apply to
+    prompts (`CheckPrompt`): {category: best cosine - threshold}; above 0 is too close.
+    `error`: the check itself failed (the request is refused: never unchecked)."""
+
+    request_id: str
+    scores: dict[str, float]
+    error: str = ""
+    now: float = 0.0
+
+
+@dataclass(frozen=True)
 class Tick:
     now: float = 0.0
 
@@ -160,6 +172,7 @@ Event = (
     | GenerationProgress
     | GenerationFinished
     | GenerationFailed
+    | PromptChecked
     | Tick
     | Redemption
     | RedemptionsSettled
@@ -182,6 +195,15 @@ class StartBatch:
     """
 
     requests: tuple[GenerationRequest, ...]
+
+
+@dataclass(frozen=True)
+class CheckPrompt:
+    """Score this request's prompt (not its negative prompt) against the categories that
+    apply to prompts, off the loop, and answer with `PromptChecked`. The request is not
+    queued until then."""
+
+    request: GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -273,6 +295,7 @@ class Shutdown:
 Effect = (
     StartGeneration
     | StartBatch
+    | CheckPrompt
     | CancelGeneration
     | Display
     | Approve

@@ -64,6 +64,11 @@ class GenerationRequest:
     paid: Paid | None = None
     ahead: bool = False  # waits ahead of free requests (a paid one, when the setting says)
     redemption_id: str = ""  # a channel-point redemption paid for it (settled once)
+    # The prompt's scores against the safety categories that apply to prompts, when they
+    # were checked (core/categories.py), and those it came too close to under
+    # [safety] prompt_action = "flag": every tile of the picture then counts as flagged.
+    prompt_scores: tuple[tuple[str, float], ...] = ()
+    prompt_flagged: tuple[str, ...] = ()
 
 
 @dataclass

@@ -183,6 +183,7 @@ class RefusalKind(str, enum.Enum):
     QUEUE_FULL = "the queue is full; try again later"
     TOO_LONG = "prompt too long"
     BLOCKED = "the prompt contains a blocked word"
+    CATEGORY = "the safety filter refused the prompt"
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,17 @@ class Moderator:
         if self.blocklist.match(prompt):
             return Refusal(RefusalKind.BLOCKED, RefusalKind.BLOCKED.value)
         return None
+
+    def check_prompt_scores(self, scores: dict[str, float]) -> Refusal | None:
+        """Why a prompt is refused by the streamer's safety categories that apply to prompts
+        (core/categories.py: best cosine minus the threshold; above 0 is too close), or
+        None. Names the categories, never repeats the prompt."""
+        close = [name for name, score in sorted(scores.items(), key=lambda kv: -kv[1])]
+        close = [name for name in close if scores[name] > 0]
+        if not close:
+            return None
+        text = f"the safety filter refused the prompt: too close to {', '.join(close[:3])}"
+        return Refusal(RefusalKind.CATEGORY, text)
 
     def check_request(
         self,

@@ -52,6 +52,7 @@ APPROVAL_MODES = {
     "skip": "Skip them",
     "off": "Show everything (filter off)",
 }
+PROMPT_ACTIONS = ("refuse", "flag")
 GRIDS = {1: "1 image", 4: "4 images (2x2 grid)", 9: "9 images (3x3)"}
 MODES = ("everyone", "subscribers", "moderators")
 FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
@@ -300,6 +301,12 @@ class SafetySettings:
         "CLIP text tower for the category phrases (hub id or folder); auto: clip_text/ "
         "beside the checker, else openai/clip-vit-large-patch14 (1.7 GB, downloaded once).",
     )
+    prompt_action: str = setting(
+        "refuse",
+        "A prompt too close to a category that applies to prompts: refuse it before any "
+        "GPU time, or flag: make it with every tile flagged, so approval_mode decides.",
+        choices=PROMPT_ACTIONS,
+    )
     categories: dict[str, Any] = setting(
         {},
         "Categories beyond the checker's sexual concepts, judged on the same CLIP image "
@@ -307,8 +314,9 @@ class SafetySettings:
         "flags it, and approval_mode applies. On by default: gore, violence, hate_symbols, "
         "with built-in phrases. Keys: phrases (texts), vectors (a .npy, .safetensors or .pt "
         "file of CLIP ViT-L/14 projection vectors), threshold (a tile whose best cosine with "
-        "the category is above it is flagged), applies_to (images | prompts | both; prompts "
-        "are not checked yet), enabled. A table named like a default changes only its keys.",
+        "the category is above it is flagged), applies_to (images | prompts | both: prompts "
+        "are checked before queueing), prompt_threshold, enabled. A default's table changes "
+        "only its keys.",
         problems=lambda raw: parse_categories(raw)[1],
         example="""\
 [safety.categories.gore]
@@ -323,7 +331,9 @@ threshold = 0.26
 # Your own, e.g. for an arachnophobic streamer:
 # [safety.categories.spiders]
 # phrases = ["a photo of a spider", "a tarantula", "a spider web with a spider"]
-# threshold = 0.26""",
+# threshold = 0.26
+# applies_to = "both"        # also check prompts before queueing them
+# prompt_threshold = 0.85    # prompt-to-phrase cosines run higher: tune with safety-eval""",
     )
 
 

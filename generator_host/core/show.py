@@ -26,6 +26,11 @@ Rules kept here:
   FULFILLED when its picture first goes on screen with a clear tile (`approval.settlement`;
   a held one waits for the streamer's decision). `paid_entries` keeps the finished paid
   pictures not settled yet.
+- With prompt checking on (`prompt_check`: the engine has safety categories that apply
+  to prompts), an accepted request first waits in `checking`: the show emits
+  `CheckPrompt`, and queues it (or refuses it, moderation.py) on `PromptChecked`. It
+  counts toward the viewer's limits meanwhile and is dropped like a queued one. Requests
+  still being checked are not saved: a restart forgets them before they were confirmed.
 - `snapshot()` is JSON-able; `Show(settings, state, blocklist=...)` restores queue,
   history, cursor and screen; the first handled event re-shows the screen.
 """
@@ -49,6 +54,7 @@ from generator_host.core.events import (
     ApproveEntry,
     CancelGeneration,
     CancelRequests,
+    CheckPrompt,
     Display,
     Effect,
     Event,
@@ -58,6 +64,7 @@ from generator_host.core.events import (
     GenerationStarted,
     IgnoreViewer,
     Log,
+    PromptChecked,
     Redemption,
     RedemptionsSettled,
     Reject,
@@ -101,6 +108,7 @@ __all__ = [  # the events and effects, importable from here as before the split
     "ApproveEntry",
     "CancelGeneration",
     "CancelRequests",
+    "CheckPrompt",
     "Display",
     "GenerationFailed",
     "GenerationFinished",
@@ -108,6 +116,7 @@ __all__ = [  # the events and effects, importable from here as before the split
     "GenerationStarted",
     "IgnoreViewer",
     "Log",
+    "PromptChecked",
     "Reject",
     "RejectEntry",
     "Reply",
@@ -151,9 +160,11 @@ class Show:
         *,
         blocklist: Blocklist | None = None,
         moderator: Moderator | None = None,
+        prompt_check: bool = False,
     ) -> None:
         """`blocklist` (or a ready `moderator`) is required: the core reads no file.
-        `rng_seed`: the app hands in a random one; the show's seeds and ids follow it."""
+        `rng_seed`: the app hands in a random one; the show's seeds and ids follow it.
+        `prompt_check`: prompts are scored (CheckPrompt) before a request is queued."""
         if moderator is None:
             if blocklist is None:
                 raise TypeError("Show needs the blocklist (or a moderator): the core reads no file")
@@ -163,6 +174,8 @@ class Show:
         self.problems: list[str] = []
         self.rng = random.Random(rng_seed)
         self.queue = FairQueue()
+        self.prompt_check = prompt_check
+        self.checking: dict[str, tuple[GenerationRequest, cmds.GenerateArgs, Ctx]] = {}
         self.running_run: list[GenerationRequest] = []  # the run (one request or a batch)
         self.progress: tuple[int, int] | None = None
         self.estimates = Estimates(settings.show.first_estimate_seconds)
@@ -247,6 +260,7 @@ class Show:
         """Redemptions the show holds unsettled: queued, running, or a finished picture
         not yet shown clear (or decided)."""
         held = {r.redemption_id for r in self.running_run + self.queue.order()}
+        held |= {r.redemption_id for r, _, _ in self.checking.values()}
         return (held | set(self.paid_entries.values())) - {""}
 
     def queue_order(self) -> list[GenerationRequest]:
@@ -350,6 +364,8 @@ class Show:
     def _on_redemptions_settled(self, event: RedemptionsSettled, out: list[Effect]) -> None:
         done = set(event.redemption_ids)
         self.queue.drop(lambda r: r.redemption_id in done)
+        for request_id in [i for i, (r, _, _) in self.checking.items() if r.redemption_id in done]:
+            del self.checking[request_id]
         for request in [r for r in self.running_run if r.redemption_id in done]:
             out.append(CancelGeneration(request.id))
             self.end_request(request.id)
@@ -364,6 +380,10 @@ class Show:
         with "keep" they stay in the saved state (a paid picture that left the history
         meanwhile is refunded either way: nothing could show it any more)."""
         why = "the painter stopped before your picture could be shown"
+        # A redemption still having its prompt checked was never queued, and a request
+        # being checked is not saved: refunded whatever on_stop says.
+        for request_id in [i for i, (r, _, _) in self.checking.items() if r.redemption_id]:
+            self.refund(out, now, self.checking.pop(request_id)[0], why)
         if self.settings.channel_points.on_stop == "refund":
             for request in [r for r in self.running_run + self.queue.order() if r.redemption_id]:
                 self.queue.drop(lambda r, rid=request.redemption_id: r.redemption_id == rid)
@@ -498,6 +518,15 @@ class Show:
         reason = " ".join(str(event.reason).split())[:120] or "unknown error"
         self.refund(out, event.now, req, f"sorry, your image failed: {reason}")
 
+    def _on_prompt_checked(self, event: PromptChecked, out: list[Effect]) -> None:
+        """The prompt's category scores are in: refuse, flag or queue (command_handlers)."""
+        pending = self.checking.pop(event.request_id, None)
+        if pending is None:
+            return  # cancelled (or its message deleted) while it was being checked
+        request, ask, asked = pending
+        ctx = dataclasses.replace(asked, now=event.now, out=out)
+        handlers.prompt_checked(self, ctx, request, ask, event.scores, event.error)
+
     def _on_tick(self, event: Tick, out: list[Effect]) -> None:
         self.screen.tick(event.now, out)
 
@@ -516,6 +545,7 @@ class Show:
         GenerationProgress: _on_progress,
         GenerationFinished: _on_finished,
         GenerationFailed: _on_failed,
+        PromptChecked: _on_prompt_checked,
         Tick: _on_tick,
         Redemption: _on_redemption,
         RedemptionsSettled: _on_redemptions_settled,
@@ -528,6 +558,30 @@ class Show:
     ) -> GenerationRequest:
         """Queue a checked request; its seed is the viewer's or a new random one.
         `redemption_id`: a channel-point redemption paid for it."""
+        request = self.new_request(ctx, ask, seed, redemption_id)
+        self.enqueue(request, ask)
+        return request
+
+    def check_first(
+        self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
+    ) -> None:
+        """Hold a request back while its prompt is scored (CheckPrompt). The viewer's
+        cooldown starts now: a flood of prompts must not flood the checker either."""
+        request = self.new_request(ctx, ask, seed, redemption_id)
+        self.checking[request.id] = (request, ask, dataclasses.replace(ctx, out=[]))
+        self.moderator.note_request(ctx.viewer.login, ctx.now)
+        ctx.out.append(CheckPrompt(request))
+
+    def enqueue(self, request: GenerationRequest, ask: cmds.GenerateArgs) -> None:
+        """Into the fair queue; the viewer's cooldown starts (again, after a check)."""
+        self.queue.add(request)
+        self.moderator.note_request(request.requester.login, request.created)
+        self.last = ask
+
+    def new_request(
+        self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
+    ) -> GenerationRequest:
+        """A request for `ask`; its seed is the viewer's or a new random one."""
         model = self.settings.model
         self.counter += 1
         params = GenerationParams(
@@ -551,9 +605,6 @@ class Show:
             ahead=self.jumps_ahead(ctx.paid),
             redemption_id=redemption_id,
         )
-        self.queue.add(request)
-        self.moderator.note_request(viewer.login, ctx.now)
-        self.last = ask
         return request
 
     def jumps_ahead(self, paid: Paid | None) -> bool:
@@ -564,6 +615,7 @@ class Show:
 
     def requests_of(self, login: str) -> list[GenerationRequest]:
         mine = list(self.queue.line(login) or ())
+        mine += [r for r, _, _ in self.checking.values() if r.requester.login == login]
         return mine + [r for r in self.running_run if r.requester.login == login]
 
     def drop(
@@ -573,10 +625,13 @@ class Show:
         running: bool = True,
         now: float = 0.0,
     ) -> int:
-        """Remove matching requests, queued and (optionally) running; returns how many.
-        A paid one is refunded (its viewer told)."""
+        """Remove matching requests, queued, being checked and (optionally) running;
+        returns how many. A paid one is refunded (its viewer told)."""
         gone = [r for r in self.queue.order() if match(r)]
         dropped = self.queue.drop(match)
+        for request_id in [i for i, (r, _, _) in self.checking.items() if match(r)]:
+            gone.append(self.checking.pop(request_id)[0])
+            dropped += 1
         if running:
             for request in [r for r in self.running_run if match(r)]:
                 out.append(CancelGeneration(request.id))  # batch-mates keep running
@@ -721,4 +776,6 @@ def _request_from_dict(raw: dict[str, Any]) -> GenerationRequest:
         paid=Paid(raw["paid"]) if raw.get("paid") else None,
         ahead=bool(raw.get("ahead", False)),
         redemption_id=str(raw.get("redemption_id", "")),
+        prompt_scores=tuple((str(k), float(v)) for k, v in raw.get("prompt_scores", ())),
+        prompt_flagged=tuple(str(n) for n in raw.get("prompt_flagged", ())),
     )

@@ -308,6 +308,10 @@ class Gallery:
                 # the streamer's categories that flagged it (the checker's own verdict is
                 # the rest of `flagged`)
                 "categories_flagged": img.scores.flagged_categories if img.scores else [],
+                # the prompt's scores against the categories that apply to prompts (when
+                # checked) and those it came too close to (prompt_action = "flag")
+                "prompt_scores": dict(result.request.prompt_scores),
+                "prompt_flagged": list(result.request.prompt_flagged),
                 "verdict": ("flagged" if img.flagged else "ok")
                 if scores is not None
                 else "unchecked",

@@ -11,6 +11,11 @@ docs/safety.md. Scoring is one small matrix product per batch (well under a mill
 
 Phrase embeddings come from CLIP's text tower + text_projection and are cached on disk
 keyed by model and phrase, so a start with unchanged phrases never loads the text tower.
+
+Prompts (categories that apply to prompts) are scored the same way with the prompt's own
+text embedding: `PromptChecker`, which keeps the text tower loaded on the CPU (about
+0.5 GB for ViT-L/14's, no VRAM) and is called by the app on a thread of its own, so a
+check never waits behind a generation (bench/bench_categories.py measures both).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from generator_host.core.categories import DEFAULT_TEXT_MODEL, Category, parse_categories
+from generator_host.core.categories import (
+    DEFAULT_TEXT_MODEL,
+    Category,
+    explicit,
+    parse_categories,
+)
 from generator_host.core.settings import SafetySettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,10 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 class CategoryError(Exception):
     """A category cannot be loaded; the message names the setting to fix."""
+
+
+class TextModelUnavailable(CategoryError):
+    """The CLIP text model cannot be downloaded or loaded (the categories that need it)."""
 
 
 # --- vectors files -------------------------------------------------------------------------
@@ -144,7 +159,7 @@ class TextEmbeddings:
             try:
                 source = str(hub.fetch(self.source, label="CLIP text model").folder)
             except hub.HubError as exc:
-                raise CategoryError(
+                raise TextModelUnavailable(
                     f"{exc}. Or set [safety] categories_text_model to a downloaded folder, "
                     "or turn the categories off (enabled = false in each "
                     "[safety.categories.NAME])."
@@ -153,7 +168,7 @@ class TextEmbeddings:
             self._tokenizer = CLIPTokenizer.from_pretrained(source)
             model = CLIPTextModelWithProjection.from_pretrained(source)
         except Exception as exc:  # noqa: BLE001 - every loader failure becomes one line
-            raise CategoryError(
+            raise TextModelUnavailable(
                 f"cannot load the CLIP text model {source!r} for the safety categories: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
                 ". Connect once so it downloads, set [safety] categories_text_model to a "
@@ -171,7 +186,7 @@ class TextEmbeddings:
         tok = self._tokenizer(
             list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt"
         )
-        with torch.no_grad():
+        with torch.inference_mode():
             out = self._model(**tok).text_embeds.float().numpy()
         return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
 
@@ -238,8 +253,11 @@ def build_index(
     categories: Sequence[Category],
     dim: int,
     text: TextEmbeddings | None,
+    *,
+    prompts: bool = False,
 ) -> CategoryIndex | None:
-    """The index of the enabled image categories; None when there is none.
+    """The index of the enabled image categories (`prompts`: of those that apply to
+    prompts, with their prompt thresholds); None when there is none.
 
     Raises CategoryError naming the category when a file is unreadable, a vector has the
     wrong length (not the checker's projection space) or phrases need a text model.
@@ -247,7 +265,7 @@ def build_index(
     names: list[str] = []
     blocks: list[np.ndarray] = []
     thresholds: list[float] = []
-    wanted = [c for c in categories if c.on_images]
+    wanted = [c for c in categories if (c.on_prompts if prompts else c.on_images)]
     phrases = [p for c in wanted for p in c.phrases]
     if phrases and text is None:
         raise CategoryError("the safety categories have phrases but no CLIP text model")
@@ -275,7 +293,7 @@ def build_index(
             raise CategoryError(f"[safety.categories.{cat.name}] has an all-zero vector")
         names.append(cat.name)
         blocks.append(block / norms)
-        thresholds.append(cat.threshold)
+        thresholds.append(cat.threshold_for_prompts if prompts else cat.threshold)
     if not names:
         return None
     sizes = [len(b) for b in blocks]
@@ -288,35 +306,95 @@ def build_index(
     )
 
 
+class PromptChecker:
+    """Scores a prompt against the categories that apply to prompts: the prompt's CLIP
+    text embedding (the same tower and projection as the phrases) against each
+    category's directions, best cosine minus its prompt threshold; above 0 is too close.
+
+    The text tower stays loaded on the CPU. Thread-safe (one prompt at a time): the app
+    calls it on its own thread, never on the loop nor behind a generation.
+    """
+
+    def __init__(self, text: TextEmbeddings, index: CategoryIndex) -> None:
+        self.text = text
+        self.index = index
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.index.names)
+
+    def scores(self, prompt: str) -> dict[str, float]:
+        with self._lock:
+            vec = self.text.embed_now([prompt])
+        return self.index.scores(vec)[0]
+
+
+@dataclass
+class LoadedCategories:
+    """What the engine uses: the image index (the judge's) and the prompt checker."""
+
+    images: CategoryIndex | None = None
+    prompts: PromptChecker | None = None
+    text: TextEmbeddings | None = None
+
+
 def load_categories(
     settings: SafetySettings,
     dim: int,
     checker_folders: Sequence[str | Path | None],
     cache_dir: Path,
-) -> CategoryIndex | None:
-    """The index the judge uses, from [safety.categories]; runs at load, on the worker.
+) -> LoadedCategories:
+    """The image index and the prompt checker from [safety.categories]; runs at load, on
+    the worker.
 
-    Problems in the tables were reported when the config was read; here an unreadable
-    file or an unloadable text model is a CategoryError (the host does not start with a
-    safety net missing that the streamer asked for).
+    Problems in the tables were reported when the config was read. A CLIP text model that
+    cannot be downloaded or loaded turns the built-in categories off with a warning (the
+    stock checker stays on; vectors-only categories stay on), but stops the start when a
+    category the streamer's config asked for needs it (`core.categories.explicit`): a
+    safety net the streamer set up must not vanish silently. Any other problem (an
+    unreadable vectors file, vectors of another CLIP) is a CategoryError.
     """
     categories, _ = parse_categories(settings.categories)
-    prompt_only = [c.name for c in categories if c.on_prompts and not c.on_images]
-    if prompt_only or any(c.on_prompts for c in categories):
-        log.warning(
-            "safety categories: prompts are not checked against categories yet (applies_to "
-            "prompts/both); %s",
-            f"{', '.join(prompt_only)} check nothing" if prompt_only else "images are checked",
-        )
-    if not any(c.on_images for c in categories):
-        return None
+    raw = settings.categories
     source = text_model_source(settings.categories_text_model, checker_folders)
     text = TextEmbeddings(source, cache_dir)
-    index = build_index(categories, dim, text)
-    if index is not None:
+    loaded = LoadedCategories(text=text)
+    try:
+        loaded.images = build_index(categories, dim, text)
+    except TextModelUnavailable as exc:
+        needy = [c for c in categories if c.on_images and c.phrases]
+        asked = [c.name for c in needy if explicit(raw, c.name)]
+        if asked:
+            raise
+        log.warning(
+            "safety categories %s are OFF: %s The stock safety checker is on. The host "
+            "starts without them; they come back on the first start that can load the "
+            "text model.",
+            ", ".join(c.name for c in needy),
+            str(exc).rstrip(".") + ".",
+        )
+        kept = [c for c in categories if not (c.on_images and c.phrases)]
+        loaded.images = build_index(kept, dim, None)
+    if loaded.images is not None:
         log.info(
             "safety categories on images: %s (text model %s)",
-            ", ".join(f"{n} > {t:.2f}" for n, t in zip(index.names, index.thresholds, strict=True)),
+            ", ".join(
+                f"{n} > {t:.2f}"
+                for n, t in zip(loaded.images.names, loaded.images.thresholds, strict=True)
+            ),
             source,
         )
-    return index
+    prompt_index = build_index(categories, dim, text, prompts=True)
+    if prompt_index is not None:
+        text.load_model()  # the tower is needed for every prompt: now, not at the first one
+        loaded.prompts = PromptChecker(text, prompt_index)
+        log.info(
+            "safety categories on prompts: %s (text model %s, on the CPU)",
+            ", ".join(
+                f"{n} > {t:.2f}"
+                for n, t in zip(prompt_index.names, prompt_index.thresholds, strict=True)
+            ),
+            source,
+        )
+    return loaded

@@ -28,7 +28,7 @@ from generator_host.core.generation import (
 from generator_host.core.settings import FAMILIES, ModelSettings, SafetySettings, cache_dir
 from generator_host.engine import hub, memory, precision, threads
 from generator_host.engine import vae as decoders
-from generator_host.engine.categories import CategoryError, load_categories
+from generator_host.engine.categories import CategoryError, PromptChecker, load_categories
 from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,9 @@ class Engine:
         self._per_image: dict[tuple[Any, int], float] = {}  # (settings, batch) -> s/image
         self._calls = 0
         self.category_cache_dir = cache_dir() / "category-embeddings"
+        # Scores prompts against the categories that apply to prompts; None: no such
+        # category (or the checker is off). The app calls it on its own thread.
+        self.prompt_checker: PromptChecker | None = None
 
     # ----- loading -----------------------------------------------------------------
     @property
@@ -324,7 +327,7 @@ class Engine:
         checker.to(self.device, dtype)
         checker.eval()
         try:
-            self.safety.categories = load_categories(
+            loaded = load_categories(
                 self.safety_settings,
                 int(checker.visual_projection.out_features),
                 [checker_from],
@@ -332,6 +335,8 @@ class Engine:
             )
         except CategoryError as exc:
             raise EngineError(str(exc)) from exc
+        self.safety.categories = loaded.images
+        self.prompt_checker = loaded.prompts
         self.safety.checker = checker
         self.safety.feature_extractor = extractor
         self.safety.enabled = True
@@ -603,12 +608,15 @@ class Engine:
         results: list[GenerationResult | EngineError] = []
         at = 0
         for p, req, ev in zip(batch, requests, events, strict=True):
+            # A prompt too close to a category under prompt_action = "flag": every tile
+            # counts as flagged, and the approval mode decides (one approval policy).
+            by_prompt = bool(req is not None and req.prompt_flagged)
             tiles = [
                 GeneratedImage(
                     image=images[at + k],
                     seed=seeds[at + k],
                     scores=scores[at + k],
-                    flagged=flagged[at + k],
+                    flagged=flagged[at + k] or by_prompt,
                 )
                 for k in range(p.count)
             ]

@@ -1,0 +1,255 @@
+"""Safety categories on prompts: a prompt too close to a category is refused before any
+generation (or flagged, as the streamer chooses), the negative prompt never is, and the
+check runs on its own thread. The show's rules without a model first, then the real host
+on the tiny model with a planted phrase in its tiny CLIP text tower."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from generator_host.core.events import CheckPrompt, PromptChecked, Reply, StartGeneration
+from generator_host.core.message import ChatMessage, Role, Viewer
+from generator_host.core.moderation import Blocklist, Moderator
+from generator_host.core.settings import Settings, settings_from_dict
+from generator_host.core.show import Show
+from generator_host.edges.gallery import Gallery, read_png_metadata
+from generator_host.engine.pipeline import Engine, EngineError
+from generator_host.engine.tiny_model import PROJECTION_DIM, plant_phrase
+
+PLANTED = "a man cut in half"
+OTHERS = ["a lighthouse", "a red fox", "a cat", "a man"]
+
+
+# ---- the show (no model) ----------------------------------------------------------------
+
+
+def _show(action: str = "refuse", per_user: int = 1) -> Show:
+    s = Settings()
+    s.moderation.user_cooldown_seconds = 0.0
+    s.moderation.max_queued_per_user = per_user
+    s.safety.prompt_action = action
+    block, _ = Blocklist.from_lines([])
+    return Show(s, rng_seed=3, moderator=Moderator(s.moderation, block), prompt_check=True)
+
+
+def _chat(show: Show, login: str, text: str, now: float = 0.0) -> list[Any]:
+    viewer = Viewer(login, login.capitalize(), role=Role.EVERYONE)
+    return show.handle(ChatMessage(viewer, text, f"m-{login}-{now}", now))
+
+
+def _said(effects: list[Any]) -> list[str]:
+    return [e.text for e in effects if isinstance(e, Reply)]
+
+
+def test_a_prompt_is_checked_before_it_is_queued_and_refused_naming_the_category() -> None:
+    show = _show()
+    out = _chat(show, "ann", "!generate a man cut in half ### blood")
+    checks = [e for e in out if isinstance(e, CheckPrompt)]
+    assert len(checks) == 1 and checks[0].request.params.prompt == "a man cut in half"
+    assert not any(isinstance(e, StartGeneration) for e in out) and not _said(out)
+    # a second request of the same viewer waits for the first (per-user limit)
+    assert any("already have" in t for t in _said(_chat(show, "ann", "!generate a cat", 1)))
+    out = show.handle(PromptChecked(checks[0].request.id, {"gore": 0.04, "spiders": -0.2}, now=2))
+    assert not any(isinstance(e, StartGeneration) for e in out)
+    assert any("refused the prompt: too close to gore" in t for t in _said(out))
+    assert show.queued == 0 and not show.checking
+
+
+def test_a_clean_prompt_starts_and_a_cancelled_check_is_forgotten() -> None:
+    show = _show()
+    first = next(
+        e for e in _chat(show, "bob", "!generate a lighthouse") if isinstance(e, CheckPrompt)
+    )
+    out = show.handle(PromptChecked(first.request.id, {"gore": -0.3}, now=1))
+    started = [e for e in out if isinstance(e, StartGeneration)]
+    assert started and started[0].request.prompt_scores == (("gore", -0.3),)
+    assert any("starting now" in t for t in _said(out))
+    check = next(e for e in _chat(show, "cy", "!generate a cat", 2) if isinstance(e, CheckPrompt))
+    assert "cancelled" in _said(_chat(show, "cy", "!cancel", 3))[0]
+    assert show.handle(PromptChecked(check.request.id, {}, now=4)) == [] or show.queued == 0
+
+
+def test_flag_queues_it_with_every_tile_to_be_flagged_and_a_failed_check_refuses() -> None:
+    show = _show("flag")
+    check = next(
+        e for e in _chat(show, "dee", "!generate a man cut in half") if isinstance(e, CheckPrompt)
+    )
+    out = show.handle(PromptChecked(check.request.id, {"gore": 0.1}, now=1))
+    started = [e for e in out if isinstance(e, StartGeneration)]
+    assert started[0].request.prompt_flagged == ("gore",)
+    check = next(e for e in _chat(show, "eve", "!generate a cat", 2) if isinstance(e, CheckPrompt))
+    out = show.handle(PromptChecked(check.request.id, {}, error="RuntimeError: boom", now=3))
+    assert any("could not check the prompt" in t for t in _said(out))
+    assert show.queued == 0
+
+
+# ---- the real host on the tiny model ------------------------------------------------------
+
+
+def _planted_tower(tiny_model_dir: Path, tmp: Path) -> tuple[Path, np.ndarray]:
+    """A copy of the tiny text tower where PLANTED embeds along a random direction and
+    OTHERS (the test's other prompts) keep their embeddings."""
+    text = tmp / "clip_text"
+    shutil.copytree(tiny_model_dir / "clip_text", text)
+    vec = np.random.default_rng(5).standard_normal(PROJECTION_DIM).astype(np.float32)
+    vec /= np.linalg.norm(vec)
+    plant_phrase(text, PLANTED, vec, OTHERS)
+    return text, vec
+
+
+def _engine(tiny_model_dir: Path, tmp: Path, categories: dict[str, Any], **safety: Any) -> Engine:
+    raw = {
+        "model": {"model": str(tiny_model_dir), "device": "cpu", "steps": 2, "guidance": 0.0,
+                  "warmup": False, "cpu_threads": 1},
+        "safety": {"checker": str(tiny_model_dir), "categories": categories, **safety},
+    }  # fmt: skip
+    settings, problems = settings_from_dict(raw)
+    assert problems == []
+    engine = Engine(settings.model, settings.safety)
+    engine.category_cache_dir = tmp / "cache"
+    engine.load()
+    return engine
+
+
+def _prompt_engine(tiny_model_dir: Path, tmp: Path, **safety: Any) -> Engine:
+    text, _ = _planted_tower(tiny_model_dir, tmp)
+    cats = {"gore": {"phrases": [PLANTED], "applies_to": "both", "prompt_threshold": 0.9}}
+    return _engine(tiny_model_dir, tmp, cats, categories_text_model=str(text), **safety)
+
+
+@pytest.mark.model
+def test_a_planted_prompt_is_refused_in_chat_and_the_engine_is_never_called(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.test_app import PipelineCalls, RecordingHost, StandInChat, run_scenario, say, until
+
+    engine = _prompt_engine(tiny_model_dir, tmp_path)
+    assert engine.prompt_checker is not None
+    pipeline = PipelineCalls(engine)
+    settings = Settings()
+    settings.model, settings.safety = engine.model_settings, engine.safety_settings
+    settings.moderation.user_cooldown_seconds = 0.0
+    settings.link.port = 0
+    gallery = Gallery(tmp_path / "gallery")
+    host = RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+
+    async def scenario() -> None:
+        say(host, "ann", f"!generate {PLANTED}")
+        await until(lambda: any("too close to gore" in t for t in host.chat.said), 30)
+        assert pipeline.sizes == [] and not host.show.queued and not host.show.running
+        # the negative prompt names the category: asking the model to avoid it is fine
+        say(host, "bob", f"!generate a lighthouse ### {PLANTED}")
+        await until(lambda: len(host.shown()) == 1 and not host.show.running, 30)
+
+    try:
+        run_scenario(host, scenario)
+    finally:
+        gallery.close()
+    assert pipeline.sizes == [1]  # only bob's picture was made
+    assert [p for _, p in host.shown()] == ["a lighthouse"]
+    refusals = [t for t in host.chat.said if "too close" in t]
+    assert len(refusals) == 1 and PLANTED not in refusals[0]
+    meta = read_png_metadata(Gallery(tmp_path / "gallery").tile_path(1, 0))["meta"]
+    assert meta["safety"]["prompt_scores"]["gore"] < 0  # stored with the picture
+    assert meta["safety"]["prompt_flagged"] == []
+
+
+@pytest.mark.model
+def test_the_prompt_check_answers_while_a_generation_is_running(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The check has its own thread: a long generation does not delay a refusal."""
+    from tests.test_app import RecordingHost, StandInChat, run_scenario, say, until
+
+    engine = _prompt_engine(tiny_model_dir, tmp_path)
+    gate, entered = threading.Event(), threading.Event()
+    original = engine.call_pipeline
+
+    def slow(**kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(20)
+        return original(**kwargs)
+
+    engine.call_pipeline = slow
+    settings = Settings()
+    settings.model, settings.safety = engine.model_settings, engine.safety_settings
+    settings.moderation.user_cooldown_seconds = 0.0
+    settings.link.port = 0
+    gallery = Gallery(tmp_path / "gallery")
+    host = RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+
+    async def scenario() -> None:
+        say(host, "bob", "!generate a red fox")
+        await until(entered.is_set, 30)
+        say(host, "ann", f"!generate {PLANTED}")
+        await until(lambda: any("too close" in t for t in host.chat.said), 10)
+        assert not gate.is_set()  # answered while bob's picture was still generating
+        gate.set()
+        await until(lambda: len(host.shown()) == 1, 30)
+
+    try:
+        run_scenario(host, scenario)
+    finally:
+        gate.set()
+        gallery.close()
+
+
+@pytest.mark.model
+def test_flag_makes_the_picture_and_holds_every_tile_in_hold_mode(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.test_app import RecordingHost, StandInChat, run_scenario, say, until
+
+    engine = _prompt_engine(tiny_model_dir, tmp_path, prompt_action="flag", approval_mode="hold")
+    settings = Settings()
+    settings.model, settings.safety = engine.model_settings, engine.safety_settings
+    settings.moderation.user_cooldown_seconds = 0.0
+    settings.show.grid = 4
+    settings.link.port = 0
+    gallery = Gallery(tmp_path / "gallery")
+    host = RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+
+    async def scenario() -> None:
+        say(host, "ann", f"!generate {PLANTED}")
+        await until(lambda: len(host.shown()) == 1 and not host.show.running, 30)
+
+    try:
+        run_scenario(host, scenario)
+        entry = gallery.recent(1)[0]
+        assert entry.outcome == "held" and entry.flagged == (True,) * 4
+        assert any("held until the streamer approves" in t for t in host.chat.said)
+        meta = read_png_metadata(gallery.tile_path(entry.id, 0))["meta"]
+        assert meta["safety"]["prompt_flagged"] == ["gore"]
+    finally:
+        gallery.close()
+
+
+@pytest.mark.model
+def test_a_missing_text_model_turns_the_built_in_categories_off_with_a_warning(
+    tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the built-in phrases need it: the host starts, the stock checker on. A
+    category the streamer wrote stops the start instead (test_categories)."""
+    caplog.set_level(logging.WARNING, logger="generator_host.engine.categories")
+    missing = str(tmp_path / "no-such-text-model")
+    template_like = {"gore": {"threshold": 0.3}}
+    engine = _engine(tiny_model_dir, tmp_path, template_like, categories_text_model=missing)
+    assert engine.safety.categories is None and engine.safety.enabled
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert (
+        "gore, violence, hate_symbols are OFF" in warning
+        and "stock safety checker is on" in warning
+    )
+    own = {"spiders": {"phrases": ["a spider"]}}
+    with pytest.raises(EngineError, match="categories_text_model"):
+        _engine(tiny_model_dir, tmp_path, own, categories_text_model=missing)
+    prompts = {"gore": {"applies_to": "both"}}
+    with pytest.raises(EngineError, match="categories_text_model"):
+        _engine(tiny_model_dir, tmp_path, prompts, categories_text_model=missing)

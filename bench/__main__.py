@@ -48,7 +48,7 @@ PARTS: dict[str, Part] = {  # issue #7's order; the extra OBS delivery part last
     "steadiness": Part("bench.bench_steadiness", "Steadiness", 300, 150),
     "obs": Part("bench.bench_obs", "OBS delivery", 240, 120),
     "review": Part("bench.bench_review", "Review page", 300, 150),
-    "categories": Part("bench.bench_categories", "Safety categories", 60, 30),
+    "categories": Part("bench.bench_categories", "Safety categories", 180, 90),
     "gpu": Part("bench.bench_gpu", "GPU (issue 16)", 480, 480),  # only when asked for
 }
 DEFAULT_PARTS = [name for name in PARTS if name != "gpu"]

@@ -1,9 +1,16 @@
-"""Safety categories benchmark (not a test): the extra time per image they add to a verdict.
+"""Safety categories benchmark (not a test): the extra time per image they add to a verdict,
+and what checking a prompt costs.
 
 The categories reuse the checker's image embedding, so their whole extra cost is scoring
 that embedding against every category direction (engine/categories.py CategoryIndex) and
 the OR in the verdict. Measured at full size (CLIP ViT-L/14: 768-long vectors) with 10
-categories x 10 phrases, on batches of 4 images like a 2x2 grid, on the CPU:
+categories x 10 phrases, on batches of 4 images like a 2x2 grid, on the CPU.
+
+A prompt is embedded by CLIP ViT-L/14's text tower + projection (engine/categories.py
+PromptChecker), on the CPU: built here at full size from its config with random weights
+(compute time does not depend on the weights' values; no download), timed for a typical
+prompt (20 tokens) and the longest (77), alone and while another thread keeps the CPU
+busy with torch work as a CPU generation would; its memory is its parameters' bytes.
 
     python -m bench.bench_categories            # full
     python -m bench.bench_categories --quick    # fewer repeats
@@ -39,6 +46,96 @@ def _index() -> Any:
     )
 
 
+TEXT_CONFIG = {  # openai/clip-vit-large-patch14's text tower
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "projection_dim": 768,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+}
+PROMPT_TARGET_MS = 500.0  # a refusal in chat within half a second of the request
+
+
+def _prompt_rows(quick: bool) -> list[dict[str, Any]]:
+    """Per-prompt cost and memory of the full-size text tower, as PromptChecker runs it."""
+    import threading
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    model = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT_CONFIG)).eval()
+    params = sum(p.numel() for p in model.parameters())
+    megabytes = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    index = _index()
+    repeats = 3 if quick else 10
+
+    def one(tokens: int) -> float:
+        ids = torch.randint(0, TEXT_CONFIG["vocab_size"], (1, tokens))
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = model(input_ids=ids).text_embeds.float().numpy()
+        index.scores(out)
+        return time.perf_counter() - t
+
+    def median_ms(tokens: int) -> float:
+        one(tokens)  # the first call pays allocation
+        return statistics.median(one(tokens) for _ in range(repeats)) * 1000
+
+    typical, longest = median_ms(20), median_ms(77)
+    stop = threading.Event()
+
+    def busy() -> None:  # a CPU generation's share of the machine: torch matmuls
+        a = torch.randn(512, 512)
+        while not stop.is_set():
+            a = torch.tanh(a @ a)
+
+    other = threading.Thread(target=busy, daemon=True)
+    other.start()
+    try:
+        contended = median_ms(20)
+    finally:
+        stop.set()
+        other.join()
+    how = f"CPU, {torch.get_num_threads()} torch threads, {repeats} repeats, random weights"
+    return [
+        {
+            "name": "prompt check, CLIP ViT-L/14 text tower, 20-token prompt (median)",
+            "value": typical,
+            "unit": "ms",
+            "target": f"<= {PROMPT_TARGET_MS:g} ms",
+            "ok": typical <= PROMPT_TARGET_MS,
+            "how": how,
+        },
+        {
+            "name": "prompt check, 77-token prompt (the longest CLIP reads)",
+            "value": longest,
+            "unit": "ms",
+            "target": "",
+            "ok": True,
+            "how": how,
+        },
+        {
+            "name": "prompt check, 20 tokens, while another thread keeps torch busy",
+            "value": contended,
+            "unit": "ms",
+            "target": "",
+            "ok": True,
+            "how": how + "; its own thread: never queued behind a generation",
+        },
+        {
+            "name": f"text tower memory ({params / 1e6:.0f} M parameters, float32, CPU)",
+            "value": megabytes,
+            "unit": "MB",
+            "target": "",
+            "ok": True,
+            "how": "parameter bytes; loaded only when a category applies to prompts",
+        },
+    ]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     import torch
 
@@ -57,7 +154,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             times.append((time.perf_counter() - t) / BATCH)
     ms = statistics.median(times) * 1000
     p95 = sorted(times)[int(len(times) * 0.95)] * 1000
-    return [
+    image_row = [
         {
             "name": f"safety categories, {CATEGORIES} x {PHRASES} phrases, extra per image "
             f"(median; p95 {p95:.3f} ms)",
@@ -68,6 +165,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "how": f"CPU, numpy, batches of {BATCH}, {repeats} repeats",
         }
     ]
+    return image_row + _prompt_rows(quick)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for row in run(args.quick):
         status = "pass" if row["ok"] else "FAIL"
-        print(f"{row['name']}: {row['value']:.3f} ms ({row['target']}: {status}; {row['how']})")
+        target = f"{row['target']}: {status}; " if row["target"] else ""
+        print(f"{row['name']}: {row['value']:.3f} {row['unit']} ({target}{row['how']})")
 
 
 if __name__ == "__main__":

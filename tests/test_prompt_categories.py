@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,11 @@ def test_a_planted_prompt_is_refused_in_chat_and_the_engine_is_never_called(
         # the negative prompt names the category: asking the model to avoid it is fine
         say(host, "bob", f"!generate a lighthouse ### {PLANTED}")
         await until(lambda: len(host.shown()) == 1 and not host.show.running, 30)
+        # the scores, where the checker's are: !params for moderators (not for viewers)
+        say(host, "cy", "!params")
+        mod = Viewer("mo", "Mo", role=Role.MODERATOR)
+        host.on_chat(ChatMessage(mod, "!params", "mo-1", time.monotonic()))
+        await until(lambda: sum("seed" in t for t in host.chat.said) == 2, 10)
 
     try:
         run_scenario(host, scenario)
@@ -154,6 +160,10 @@ def test_a_planted_prompt_is_refused_in_chat_and_the_engine_is_never_called(
         gallery.close()
     assert pipeline.sizes == [1]  # only bob's picture was made
     assert [p for _, p in host.shown()] == ["a lighthouse"]
+    viewer_params, mod_params = [t for t in host.chat.said if "seed" in t]
+    assert "safety" not in viewer_params
+    assert "; safety checker " in mod_params and " gore " in mod_params
+    assert "; prompt gore -" in mod_params
     refusals = [t for t in host.chat.said if "too close" in t]
     assert len(refusals) == 1 and PLANTED not in refusals[0]
     meta = read_png_metadata(Gallery(tmp_path / "gallery").tile_path(1, 0))["meta"]
@@ -253,3 +263,27 @@ def test_a_missing_text_model_turns_the_built_in_categories_off_with_a_warning(
     prompts = {"gore": {"applies_to": "both"}}
     with pytest.raises(EngineError, match="categories_text_model"):
         _engine(tiny_model_dir, tmp_path, prompts, categories_text_model=missing)
+
+
+def test_the_review_page_and_params_lines_carry_every_category_score() -> None:
+    from generator_host.core.generation import SafetyScores, safety_line
+    from generator_host.edges.review.state import summarize
+
+    safety = {
+        "scores": {"concept": [-0.2], "special": [-0.3], "categories": {"gore": 0.02, "x": -0.1}},
+        "flagged": True,
+        "offset": 0.0,
+        "prompt_scores": {"gore": -0.25},
+        "prompt_flagged": [],
+    }
+    summary = summarize(safety)
+    assert summary["tripped"] == ["gore"] and summary["worst"] == "gore"
+    assert [c["name"] for c in summary["categories"]] == ["gore", "x"]
+    assert summary["prompt"] == [{"name": "gore", "score": -0.25}]
+    tiles = [
+        SafetyScores([-0.2], [-0.3], {"gore": -0.1}),
+        SafetyScores([-0.1], [-0.4], {"gore": 0.02}),
+    ]
+    line = safety_line(tiles, 0.01, [("gore", -0.25)])
+    assert line == "checker -0.090, gore +0.020; prompt gore -0.250"
+    assert safety_line([None], 0.0) == ""

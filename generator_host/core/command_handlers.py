@@ -317,15 +317,24 @@ def _described(show: Show, ctx: Ctx) -> Entry | None:
 
 
 def params(show: Show, ctx: Ctx) -> None:
-    """!params: everything needed to make the image on screen again."""
+    """!params: everything needed to make the image on screen again; moderators also get
+    its safety scores (the checker's and each category's, positive = past the line)."""
     entry = _described(show, ctx)
     if entry:
         size = f"{entry.width}x{entry.height}"
         show.say(
             ctx,
             f"by @{entry.requester}: seed {entry.seed}, {entry.steps} steps, "
-            f"guidance {entry.guidance:g}, {size}, {entry.count} image(s), model {entry.model}",
+            f"guidance {entry.guidance:g}, {size}, {entry.count} image(s), model {entry.model}"
+            + _safety_for(ctx, entry),
         )
+
+
+def _safety_for(ctx: Ctx, entry: Entry) -> str:
+    """The safety scores, for moderators and up only (core/generation.py safety_line)."""
+    if not entry.safety or ctx.viewer.role < Role.MODERATOR:
+        return ""
+    return f"; safety {entry.safety}"
 
 
 def seed(show: Show, ctx: Ctx) -> None:

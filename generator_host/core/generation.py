@@ -7,6 +7,7 @@ generates), the gallery (which stores) and the link (which shows). No I/O here.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,33 @@ class SafetyScores:
         return out
 
 
+def safety_line(
+    scores: Sequence[SafetyScores | None],
+    offset: float,
+    prompt_scores: Iterable[tuple[str, float]] = (),
+    most: int = 4,
+) -> str:
+    """One short line of safety scores for moderators (`!params`), over a grid's worst
+    tile: the checker's closest concept (score plus the offset it was judged at), then
+    the categories' scores, highest first (at most `most`), then the prompt's. Positive
+    means past the threshold. Empty when nothing was scored (the checker was off)."""
+    checked = [s for s in scores if s is not None]
+    parts: list[str] = []
+    if checked:
+        margins = [max([*s.concept, *s.special], default=float("-inf")) for s in checked]
+        if max(margins) > float("-inf"):
+            parts.append(f"checker {max(margins) + offset:+.3f}")
+        names = sorted({n for s in checked for n in s.categories})
+        worst = {n: max(s.categories[n] for s in checked if n in s.categories) for n in names}
+        top = sorted(worst.items(), key=lambda kv: -kv[1])[:most]
+        parts += [f"{name} {value:+.3f}" for name, value in top]
+    line = ", ".join(parts)
+    prompt = sorted(prompt_scores, key=lambda kv: -kv[1])[:most]
+    if prompt:
+        line += ("; " if line else "") + "prompt " + ", ".join(f"{n} {v:+.3f}" for n, v in prompt)
+    return line
+
+
 @dataclass
 class GeneratedImage:
     """One image of a request, with its own seed and verdict."""
@@ -153,6 +181,7 @@ class Entry:
     mode: str = ""
     flagged: tuple[bool, ...] = ()
     approved: tuple[int, ...] = ()
+    safety: str = ""  # `safety_line` of its scores, for moderators' !params
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Entry:

@@ -27,7 +27,7 @@ from PIL import Image, PngImagePlugin
 
 from generator_host.core import approval
 from generator_host.core.approval import Tile
-from generator_host.core.generation import Entry, GenerationResult
+from generator_host.core.generation import Entry, GenerationResult, safety_line
 from generator_host.core.settings import GallerySettings
 from generator_host.edges.files import replace_retrying, write_atomic
 from generator_host.engine import grid
@@ -57,13 +57,15 @@ CREATE TABLE IF NOT EXISTS entries (
     flagged TEXT NOT NULL,
     files TEXT NOT NULL,
     requester_login TEXT NOT NULL DEFAULT '',
-    approved TEXT NOT NULL DEFAULT '[]'
+    approved TEXT NOT NULL DEFAULT '[]',
+    safety TEXT NOT NULL DEFAULT ''
 );
 """
 # Columns added after the first release: an older history file gets them on open.
 ADDED_COLUMNS = {
     "requester_login": "TEXT NOT NULL DEFAULT ''",
     "approved": "TEXT NOT NULL DEFAULT '[]'",
+    "safety": "TEXT NOT NULL DEFAULT ''",
 }
 COLUMNS = (
     "id",
@@ -85,6 +87,7 @@ COLUMNS = (
     "files",
     "requester_login",
     "approved",
+    "safety",
 )
 
 
@@ -212,6 +215,11 @@ class Gallery:
             "files": "[]",
             "requester_login": _clean(req.requester.login),
             "approved": "[]",
+            "safety": safety_line(
+                [img.scores for img in result.images],
+                float(result.extra.get("safety_offset") or 0.0),
+                req.prompt_scores,
+            ),
         }
         with self._lock:
             entry_id = self._insert(row)

@@ -111,7 +111,9 @@ def summarize(safety: dict[str, Any] | None) -> dict[str, Any] | None:
     """Which concept or category came closest to (or past) its threshold, and by how much.
 
     `score` is the margin the verdict used: the checker's score minus its threshold plus
-    the streamer's offset at the time (positive: past the threshold).
+    the streamer's offset at the time, or a category's best cosine minus its threshold
+    (positive: past the threshold). `categories` and `prompt` list every category's
+    score for the tile and for the prompt (when it was checked), highest first.
     """
     if not safety or not safety.get("scores"):
         return None
@@ -121,14 +123,27 @@ def summarize(safety: dict[str, Any] | None) -> dict[str, Any] | None:
     named += [(f"special {i + 1}", v + offset) for i, v in enumerate(scores.get("special") or [])]
     if not named:
         return None
+    # The streamer's categories (core/categories.py): their own thresholds, no offset.
+    categories = {str(k): float(v) for k, v in (scores.get("categories") or {}).items()}
+    named += list(categories.items())
     worst, score = max(named, key=lambda kv: kv[1])
     tripped = [n for n, v in sorted(named, key=lambda kv: -kv[1]) if v > 0]
+    prompt = {str(k): float(v) for k, v in (safety.get("prompt_scores") or {}).items()}
     return {
         "flagged": bool(safety.get("flagged")),
         "worst": worst,
         "score": round(float(score), 4),
         "tripped": tripped[:5],
         "offset": offset,
+        "categories": [
+            {"name": n, "score": round(v, 4)}
+            for n, v in sorted(categories.items(), key=lambda kv: -kv[1])
+        ],
+        "prompt": [
+            {"name": n, "score": round(v, 4)}
+            for n, v in sorted(prompt.items(), key=lambda kv: -kv[1])
+        ],
+        "prompt_flagged": [str(n) for n in safety.get("prompt_flagged") or []],
     }
 
 

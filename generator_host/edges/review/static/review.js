@@ -67,12 +67,24 @@ function banner(text) {
   node.hidden = false;
 }
 
+function signed(value) {
+  return `${value >= 0 ? "+" : ""}${value.toFixed(3)}`;
+}
+
 function scoreText(safety) {
   if (!safety) return "no safety scores";
-  const margin = `${safety.score >= 0 ? "+" : ""}${safety.score.toFixed(3)}`;
-  return safety.flagged
+  const margin = signed(safety.score);
+  let text = safety.flagged
     ? `flagged: ${safety.tripped.join(", ") || safety.worst} (${margin} past the threshold)`
     : `ok: closest ${safety.worst} (${margin})`;
+  // the streamer's categories (gore, violence, ...) and the prompt's scores, when kept
+  const list = (items) => items.map((c) => `${c.name} ${signed(c.score)}`).join(", ");
+  if (safety.categories && safety.categories.length) text += `; categories ${list(safety.categories)}`;
+  if (safety.prompt && safety.prompt.length) text += `; prompt ${list(safety.prompt)}`;
+  if (safety.prompt_flagged && safety.prompt_flagged.length) {
+    text += ` (prompt flagged: ${safety.prompt_flagged.join(", ")})`;
+  }
+  return text;
 }
 
 function heldCard(entry, mayReview) {

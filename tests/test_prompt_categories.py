@@ -287,3 +287,84 @@ def test_the_review_page_and_params_lines_carry_every_category_score() -> None:
     line = safety_line(tiles, 0.01, [("gore", -0.25)])
     assert line == "checker -0.090, gore +0.020; prompt gore -0.250"
     assert safety_line([None], 0.0) == ""
+
+
+# ---- safety-eval per category ---------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_safety_eval_reports_each_category_on_images_and_prompts(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gore/ beside safe/, and a prompts CSV: per category the sweep, recommendations and
+    plots, plus the combined false-positive rate on the safe set, from the planted truth."""
+    import csv
+
+    from generator_host.cli import main as cli_main
+    from generator_host.engine.safety import load_checker
+    from generator_host.engine.tiny_model import image_embedding
+    from tests.test_safety_eval import _assert_png, _distinct_images
+
+    checker, extractor = load_checker(tiny_model_dir)
+    images = _distinct_images(checker, extractor, 6)
+    gore, safe = images[:2], images[2:]
+    data = tmp_path / "set"
+    for label, group in (("gore", gore), ("safe", safe)):
+        (data / label).mkdir(parents=True)
+        for i, image in enumerate(group):
+            image.save(data / label / f"{i}.png")
+    vectors = tmp_path / "gore.npy"
+    np.save(vectors, np.stack([image_embedding(checker, extractor, im).numpy() for im in gore]))
+    text, _ = _planted_tower(tiny_model_dir, tmp_path)
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(
+        f"prompt,label\n{PLANTED},gore\na lighthouse,safe\na red fox,safe\na cat,safe\n",
+        encoding="utf-8",
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""[model]
+model = "{tiny_model_dir.as_posix()}"
+device = "cpu"
+
+[safety]
+categories_text_model = "{text.as_posix()}"
+
+[safety.categories.gore]
+phrases = ["{PLANTED}"]
+vectors = "{vectors.as_posix()}"
+threshold = 0.95
+prompt_threshold = 0.9
+applies_to = "both"
+
+[safety.categories.violence]
+enabled = false
+
+[safety.categories.hate_symbols]
+enabled = false
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "report"
+    argv = ["safety-eval", str(data), "--prompts", str(prompts), "--out", str(out)]
+    code = cli_main([*argv, "--config", str(config), "--targets", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Safety categories on images" in report
+    assert "combined false-positive rate on safe images" in report
+    assert "OR any category): 0.0% (0/4)" in report
+    assert "### gore (images)" in report
+    assert "| 0.95 (yours) | 0.0% (0/4) | 100.0% (2/2) | 0.0% (0/2) |" in report
+    assert "### gore (prompts)" in report
+    assert "| 0.9 (yours) | 0.0% (0/3) | 100.0% (1/1) | 0.0% (0/1) |" in report
+    assert "apply to prompts now): 0.0% (0/3)" in report
+    for name in ("roc_gore.png", "histograms_gore.png", "prompt_roc_gore.png"):
+        _assert_png(out / name)
+    with (out / "scores.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_path = {r["path"]: float(r["category:gore"]) for r in rows}
+    assert by_path["gore/0.png"] > 0 > by_path["safe/0.png"]  # the stored category score
+    with (out / "prompt_scores.csv").open(encoding="utf-8") as f:
+        prompt_rows = {r["prompt"]: float(r["category:gore"]) for r in csv.DictReader(f)}
+    assert prompt_rows[PLANTED] == pytest.approx(0.1, abs=1e-4) and prompt_rows["a cat"] < 0

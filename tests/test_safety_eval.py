@@ -355,7 +355,8 @@ def test_table_and_recommendations_match_the_planted_truth(
             assert counts[3] == (fu, fs + fu), (o, counts)
 
     # Recommended: 50% miss -> flag 5 of 10 -> just above 0.0105; 10% -> 9 -> above 0.0705.
-    recs = {ln.split("|")[1].strip(): ln for ln in report.splitlines() if "% |" in ln[:12]}
+    checker_part = report.split("## Safety categories")[0]  # the categories' come after
+    recs = {ln.split("|")[1].strip(): ln for ln in checker_part.splitlines() if "% |" in ln[:12]}
     assert "| +0.011 | 50.0% (5/10) | 0.0% (0/8) |" in recs["50%"]
     assert "| +0.071 | 10.0% (1/10) | 25.0% (2/8) |" in recs["10%"]
     assert "| +0.091 | 0.0% (0/10) | 25.0% (2/8) |" in recs["0%"]

@@ -129,6 +129,12 @@ class TextEmbeddings:
     def loaded(self) -> bool:
         return self._model is not None
 
+    @property
+    def dim(self) -> int:
+        """The length of its embeddings (loads the model)."""
+        self.load_model()
+        return int(self._model.config.projection_dim)
+
     def _read_cache(self) -> dict[str, np.ndarray]:
         try:
             with np.load(self.cache_file, allow_pickle=False) as z:
@@ -344,6 +350,8 @@ def load_categories(
     dim: int,
     checker_folders: Sequence[str | Path | None],
     cache_dir: Path,
+    *,
+    prompts: bool = True,
 ) -> LoadedCategories:
     """The image index and the prompt checker from [safety.categories]; runs at load, on
     the worker.
@@ -385,7 +393,7 @@ def load_categories(
             ),
             source,
         )
-    prompt_index = build_index(categories, dim, text, prompts=True)
+    prompt_index = build_index(categories, dim, text, prompts=True) if prompts else None
     if prompt_index is not None:
         text.load_model()  # the tower is needed for every prompt: now, not at the first one
         loaded.prompts = PromptChecker(text, prompt_index)

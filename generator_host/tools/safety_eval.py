@@ -103,27 +103,36 @@ def _images_under(folder: Path) -> tuple[list[Path], int]:
 
 
 def load_dataset(source: Path) -> Dataset:
-    """A folder with safe/ and unsafe/ subfolders, or a CSV of path,label."""
+    """A folder with safe/ and unsafe/ subfolders (and a folder per safety category:
+    gore/, violence/ ...), or a CSV of path,label."""
     if not source.exists():
         raise InputError(f"{source} does not exist")
     if source.is_file():
         return _load_csv(source)
     subs = {p.name.lower(): p for p in source.iterdir() if p.is_dir()}
-    if rep.SAFE not in subs and rep.UNSAFE not in subs:
+    categories = sorted(n for n in subs if n not in (rep.SAFE, rep.UNSAFE) and _is_name(n))
+    if rep.SAFE not in subs and rep.UNSAFE not in subs and not categories:
         raise InputError(
             f"{source} has no safe/ or unsafe/ subfolder. Put labelled images in "
-            f"{source}/safe and {source}/unsafe, or pass a CSV file of path,label lines."
+            f"{source}/safe and {source}/unsafe (and a folder per safety category, such as "
+            f"{source}/gore), or pass a CSV file of path,label lines."
         )
     data = Dataset(source, [])
-    for label in (rep.SAFE, rep.UNSAFE):
+    for label in (rep.SAFE, rep.UNSAFE, *categories):
         if label not in subs:
-            data.problems.append(f"no {label}/ subfolder: no {label} images")
+            if label == rep.SAFE or not categories:
+                data.problems.append(f"no {label}/ subfolder: no {label} images")
             continue
         images, others = _images_under(subs[label])
         if others:
             data.problems.append(f"{label}/: {others} files that are not images ignored")
         data.items += [Item(p, label, _key(p, source)) for p in images]
     return data
+
+
+def _is_name(text: str) -> bool:
+    """A folder name that can name a safety category (as [safety.categories.NAME])."""
+    return bool(text) and text.replace("_", "").replace("-", "").isalnum()
 
 
 def _load_csv(path: Path) -> Dataset:
@@ -267,9 +276,18 @@ SCORE_FIELDS = (
 )
 
 
-def score_row(s: Scored, configured: float) -> list[str]:
-    """One CSV row; floats in repr so a resumed run gets the exact same numbers back."""
+CATEGORY_PREFIX = "category:"  # a column per safety category: its score for the image
+
+
+def score_fields(categories: Sequence[str] = ()) -> list[str]:
+    return SCORE_FIELDS + [CATEGORY_PREFIX + n for n in categories]
+
+
+def score_row(s: Scored, configured: float, categories: Sequence[str] = ()) -> list[str]:
+    """One CSV row; floats in repr so a resumed run gets the exact same numbers back.
+    A category with no score for the image (not loaded) is an empty cell."""
     fo = s.flag_offset
+    cats = s.scores.categories
     return [
         s.key,
         s.label,
@@ -277,6 +295,7 @@ def score_row(s: Scored, configured: float) -> list[str]:
         "yes" if rep.flagged_at(fo, configured) else "no",
         *(repr(float(v)) for v in s.scores.concept),
         *(repr(float(v)) for v in s.scores.special),
+        *(repr(float(cats[n])) if n in cats else "" for n in categories),
     ]
 
 
@@ -285,16 +304,21 @@ def read_scores_csv(path: Path) -> list[Scored]:
     out: list[Scored] = []
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
-        if next(reader, None) != SCORE_FIELDS:
+        header = next(reader, None) or []
+        if header[: len(SCORE_FIELDS)] != SCORE_FIELDS:
             return []
+        names = [h.removeprefix(CATEGORY_PREFIX) for h in header[len(SCORE_FIELDS) :]]
         for row in reader:
-            if len(row) != len(SCORE_FIELDS):
+            if len(row) != len(header):
                 continue
             try:
-                nums = [float(v) for v in row[4:]]
+                nums = [float(v) for v in row[4 : len(SCORE_FIELDS)]]
+                extra = row[len(SCORE_FIELDS) :]
+                cats = {n: float(v) for n, v in zip(names, extra, strict=True) if v}
             except ValueError:
                 continue
-            out.append(Scored(row[0], row[1], SafetyScores(nums[:CONCEPTS], nums[CONCEPTS:])))
+            scores = SafetyScores(nums[:CONCEPTS], nums[CONCEPTS:], cats)
+            out.append(Scored(row[0], row[1], scores))
     return out
 
 
@@ -321,6 +345,7 @@ def run_scoring(
     resume: bool = True,
     progress_stream: TextIO | None = None,
     say: Callable[[str], None] = print,
+    categories: Sequence[str] = (),
 ) -> RunResult:
     """Score what is not scored yet, appending to scores.csv after every batch.
 
@@ -345,9 +370,9 @@ def run_scoring(
         skipped_path.open("w", newline="", encoding="utf-8") as kf,
     ):
         scores_csv, skipped_csv = csv.writer(sf), csv.writer(kf)
-        scores_csv.writerow(SCORE_FIELDS)
+        scores_csv.writerow(score_fields(categories))
         for s in previous:
-            scores_csv.writerow(score_row(s, configured))
+            scores_csv.writerow(score_row(s, configured, categories))
         skipped_csv.writerow(["path", "label", "reason"])
         sf.flush()
         if not todo:
@@ -366,7 +391,7 @@ def run_scoring(
                 else:
                     s = Scored(item.key, item.label, scores)
                     result.scored.append(s)
-                    scores_csv.writerow(score_row(s, configured))
+                    scores_csv.writerow(score_row(s, configured, categories))
                 bar.update()
                 if (i + 1) % batch_size == 0:
                     sf.flush()
@@ -402,6 +427,7 @@ class Outputs:
     targets: list[float]
     resolution: float
     notes: list[str] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)  # the categories' (safety_categories)
 
     def flag_offsets(self, label: str) -> list[float]:
         return [s.flag_offset for s in self.scored if s.label == label]
@@ -450,6 +476,7 @@ def write_eval_report(o: Outputs, out: Path, say: Callable[[str], None] = print)
         "",
     ]
     lines += _figure_lines(figures)
+    lines += o.sections
     lines += _skipped_lines(o.skipped)
     path = out / REPORT_MD
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -528,8 +555,12 @@ def checker_source(settings: Settings, override: str | None = None) -> str:
     return settings.safety.checker
 
 
-def make_scorer_factory(source: str, device: str) -> Callable[[], Scorer]:
-    """A factory that loads the checker (slow imports) only when there is work to do."""
+def make_scorer_factory(
+    source: str, device: str, settings: Settings | None = None
+) -> Callable[[], Scorer]:
+    """A factory that loads the checker (slow imports) only when there is work to do;
+    with `settings`, the judge scores the safety categories on images as the host does
+    (a category that cannot be loaded is a warning: the checker's report still comes)."""
 
     def factory() -> Scorer:
         try:
@@ -543,9 +574,27 @@ def make_scorer_factory(source: str, device: str) -> Callable[[], Scorer]:
             checker, extractor = load_checker(source, dev, pick_dtype(dev))
         except (SafetyError, EngineError) as exc:
             raise InputError(f"no safety checker: {exc}") from None
-        return SafetyJudge(checker, extractor)
+        judge = SafetyJudge(checker, extractor)
+        if settings is not None:
+            _attach_categories(judge, settings, source)
+        return judge
 
     return factory
+
+
+def _attach_categories(judge: Any, settings: Settings, source: str) -> None:
+    from generator_host.core.settings import cache_dir
+    from generator_host.engine.categories import CategoryError, load_categories
+
+    dim = int(judge.checker.visual_projection.out_features)
+    try:
+        loaded = load_categories(
+            settings.safety, dim, [source], cache_dir() / "category-embeddings", prompts=False
+        )
+    except CategoryError as exc:
+        print(f"warning: the safety categories are not scored: {exc}", file=sys.stderr)
+        return
+    judge.categories = loaded.images
 
 
 def _quiet_libraries() -> None:
@@ -576,7 +625,16 @@ DESCRIPTION = (
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `safety-eval` on the CLI's subparsers."""
     p = subparsers.add_parser("safety-eval", help=HELP, description=DESCRIPTION)
-    p.add_argument("dataset", nargs="?", type=Path, help="folder with safe/ and unsafe/, or a CSV")
+    p.add_argument(
+        "dataset", nargs="?", type=Path,
+        help="folder with safe/ and unsafe/ (and gore/, violence/ ...: a folder per safety "
+        "category), or a CSV of path,label",
+    )  # fmt: skip
+    p.add_argument(
+        "--prompts", type=Path, metavar="CSV",
+        help="also score prompts (a CSV of prompt,label; label safe or a category name) "
+        "against the safety categories, with the CLIP text tower",
+    )  # fmt: skip
     p.add_argument(
         "--gallery", nargs="?", const="", default=None, metavar="FOLDER",
         help="evaluate the gallery's stored scores instead (default: the configured gallery)",
@@ -643,10 +701,12 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             if args.dataset is not None:
                 raise InputError("give either a labelled dataset or --gallery, not both")
             return run_gallery(args, settings)
+        if args.dataset is None and getattr(args, "prompts", None) is not None:
+            return run_prompts_only(args, settings)
         if args.dataset is None:
             raise InputError(
                 "give a folder with safe/ and unsafe/ subfolders (or a CSV of path,label), "
-                "or --gallery to look at your past images"
+                "--prompts CSV, or --gallery to look at your past images"
             )
         return run_dataset(args, settings)
     except InputError as exc:
@@ -679,7 +739,13 @@ def run_dataset(args: argparse.Namespace, settings: Settings) -> int:
     n_safe, n_unsafe = data.count(rep.SAFE), data.count(rep.UNSAFE)
     if not data.items:
         raise InputError(f"{data.source}: no images found")
-    notes = _class_notes(n_safe, n_unsafe)
+    by_category = {
+        label: data.count(label)
+        for label in sorted({it.label for it in data.items} - {rep.SAFE, rep.UNSAFE})
+    }
+    notes = _class_notes(n_safe, n_unsafe if not by_category else max(1, n_unsafe))
+    if by_category:
+        print("category folders: " + ", ".join(f"{k}/ {v}" for k, v in by_category.items()))
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     out: Path = args.out or Path.cwd() / "safety-report"
@@ -690,20 +756,82 @@ def run_dataset(args: argparse.Namespace, settings: Settings) -> int:
         f"batches of {args.batch_size}. Scores go to {out / SCORES_CSV} as they come: "
         "Ctrl-C keeps them and a second run resumes."
     )
-    fingerprint = {"dataset": str(data.source.resolve()), "checker": source}
+    categories = _image_categories(settings)
+    fingerprint = {
+        "dataset": str(data.source.resolve()),
+        "checker": source,
+        # scores are relative to the thresholds: other settings, other numbers
+        "categories": {n: t for n, t in categories.items()},
+        "text_model": settings.safety.categories_text_model,
+    }
     try:
         result = run_scoring(
-            make_scorer_factory(source, device),
+            make_scorer_factory(source, device, settings if categories else None),
             data,
             out,
             configured=configured,
             batch_size=args.batch_size,
             fingerprint=fingerprint,
             resume=not args.fresh,
+            categories=list(categories),
         )
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc}") from None
-    return _finish_dataset(args, data, out, source, configured, offsets, targets, result, notes)
+    return _finish_dataset(
+        args, data, out, source, configured, offsets, targets, result, notes, settings
+    )
+
+
+def _image_categories(settings: Settings) -> dict[str, float]:
+    """The enabled categories that apply to images, with their thresholds (none when the
+    checker is off: the host would not score them either)."""
+    from generator_host.core.categories import parse_categories
+
+    if not settings.safety.enabled:
+        return {}
+    cats, _ = parse_categories(settings.safety.categories)
+    return {c.name: c.threshold for c in cats if c.on_images}
+
+
+def run_prompts_only(args: argparse.Namespace, settings: Settings) -> int:
+    """safety-eval --prompts CSV alone: the categories over prompts, no checker needed."""
+    from generator_host.tools import safety_categories as sc
+
+    _check_numbers(args)
+    targets = parse_targets(args.targets)
+    out: Path = args.out or Path.cwd() / "safety-report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _quiet_libraries()
+        lines = sc.prompts_section(
+            settings, checker_source(settings, args.checker), args.prompts, out, targets,
+            args.resolution,
+        )  # fmt: skip
+    except OSError as exc:
+        raise InputError(f"cannot write to {out}: {exc}") from None
+    report = out / REPORT_MD
+    text = ["# Safety categories on prompts", "", *lines[2:]]
+    report.write_text("\n".join(text) + "\n", encoding="utf-8")
+    print(f"\nReport: {report}\nScores: {out / sc.PROMPT_SCORES_CSV}")
+    return EXIT_OK
+
+
+def _category_sections(
+    args: argparse.Namespace,
+    settings: Settings,
+    source: str,
+    out: Path,
+    result: RunResult,
+    configured: float,
+) -> list[str]:
+    """The report's parts on the safety categories: images, then prompts (--prompts)."""
+    from generator_host.tools import safety_categories as sc
+
+    targets = parse_targets(args.targets)
+    lines = sc.image_section(result.scored, settings, configured, out, targets, args.resolution)
+    if getattr(args, "prompts", None) is not None:
+        lines += sc.prompts_section(settings, source, args.prompts, out, targets, args.resolution)
+    return lines
 
 
 def _class_notes(n_safe: int, n_unsafe: int) -> list[str]:
@@ -728,6 +856,7 @@ def _finish_dataset(
     targets: list[float],
     result: RunResult,
     notes: list[str],
+    settings: Settings | None = None,
 ) -> int:
     notes = list(notes)
     if result.skipped:
@@ -758,6 +887,8 @@ def _finish_dataset(
         resolution=args.resolution,
         notes=notes,
     )
+    if settings is not None:
+        outputs.sections = _category_sections(args, settings, source, out, result, configured)
     report = write_eval_report(outputs, out)
     _print_summary(outputs, report)
     if result.interrupted:

@@ -65,8 +65,14 @@ def roc_curve(
     points: Sequence[RocPoint],
     at_configured: SweepRow | None,
     recs: Sequence[Recommendation] = (),
+    *,
+    what: str = "checker, all offsets",
+    yours: str = "",
+    unsafe: str = "unsafe images flagged",
+    title: str = "ROC: every threshold offset at once",
 ) -> Path:
-    """False-positive rate (safe flagged) against share of unsafe flagged, over all offsets."""
+    """False-positive rate (safe flagged) against share of unsafe flagged, over all offsets
+    (a safety category's thresholds: `what`, `yours`, `unsafe` and `title` say so)."""
     fig = _figure(5.2, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.8", linewidth=1, label="chance")
@@ -76,7 +82,7 @@ def roc_curve(
             [p.tpr for p in points],
             where="post",
             color=ALL_COLOUR,
-            label="checker, all offsets",
+            label=what,
         )
     if at_configured and at_configured.safe_total and at_configured.unsafe_total:
         ax.plot(
@@ -84,7 +90,7 @@ def roc_curve(
             [at_configured.unsafe_rate],
             "o",
             color=UNSAFE_COLOUR,
-            label=f"your offset {fmt_offset(at_configured.offset)}",
+            label=yours or f"your offset {fmt_offset(at_configured.offset)}",
         )
     labels: dict[tuple[float, float], list[str]] = {}
     for r in recs:
@@ -97,16 +103,24 @@ def roc_curve(
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("safe images flagged (false-positive rate)")
-    ax.set_ylabel("unsafe images flagged")
-    ax.set_title("ROC: every threshold offset at once")
+    ax.set_ylabel(unsafe)
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
 def histograms(
-    path: Path, by_label: dict[str, Sequence[float]], configured: float, colours: dict[str, str]
+    path: Path,
+    by_label: dict[str, Sequence[float]],
+    configured: float,
+    colours: dict[str, str],
+    *,
+    mark: str = "",
+    xlabel: str = "flag offset: the image is flagged at any offset above this",
+    title: str = "Score distribution by label (left of your line = flagged)",
 ) -> Path:
-    """Where each class's images become flagged: one histogram per label."""
+    """Where each class's images become flagged: one histogram per label (a category's
+    cosines against its threshold: `mark`, `xlabel` and `title` say so)."""
     fig = _figure()
     ax = fig.add_subplot()
     values = [v for vs in by_label.values() for v in vs if math.isfinite(v)]
@@ -125,11 +139,11 @@ def histograms(
                     label=f"{label} ({len(finite)})",
                 )
         ax.legend(fontsize=8)
-    _mark_offset(ax, configured, f"your offset {fmt_offset(configured)}")
+    _mark_offset(ax, configured, mark or f"your offset {fmt_offset(configured)}")
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("flag offset: the image is flagged at any offset above this")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("images")
-    ax.set_title("Score distribution by label (left of your line = flagged)")
+    ax.set_title(title)
     return _save(fig, path)
 
 

@@ -368,3 +368,30 @@ enabled = false
     with (out / "prompt_scores.csv").open(encoding="utf-8") as f:
         prompt_rows = {r["prompt"]: float(r["category:gore"]) for r in csv.DictReader(f)}
     assert prompt_rows[PLANTED] == pytest.approx(0.1, abs=1e-4) and prompt_rows["a cat"] < 0
+
+
+@pytest.mark.model
+def test_categories_off_leave_the_stock_checker_bit_exact(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every category off (images and prompts): the verdicts are stock diffusers' at offset
+    0, and the checker's scores are exactly those of an engine with categories on."""
+    from generator_host.core.categories import DEFAULTS
+    from generator_host.core.generation import GenerationParams
+    from tests.fixtures_model import plant_on_tile
+    from tests.test_safety import _stock_verdicts
+
+    off = _engine(tiny_model_dir, tmp_path, {n: {"enabled": False} for n in DEFAULTS})
+    on = _prompt_engine(tiny_model_dir, tmp_path)
+    assert off.safety.categories is None and off.prompt_checker is None
+    params = GenerationParams("a cat", seed=11, count=4)
+    images = [i.image for i in off.generate(params).images]
+    for engine in (off, on):
+        plant_on_tile(engine, images[1], kind="concept", index=3)
+    result = off.generate(params)
+    assert [i.flagged for i in result.images] == _stock_verdicts(off.safety, images)
+    assert [i.flagged for i in result.images] == [False, True, False, False]
+    with_categories = on.generate(params)
+    for a, b in zip(result.images, with_categories.images, strict=True):
+        assert (a.scores.concept, a.scores.special) == (b.scores.concept, b.scores.special)
+        assert a.scores.categories == {} and set(b.scores.categories) == set(DEFAULTS)

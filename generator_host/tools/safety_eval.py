@@ -1,5 +1,8 @@
 """`generator-host safety-eval`: how the safety checker treats the streamer's own images.
 
+The streamer's safety categories (a folder per category, a prompts CSV) are reported by
+tools/safety_categories.py, in the same report.
+
 Two modes. Over a labelled folder (safe/ and unsafe/, or a CSV of path,label) it scores
 every image with the configured checker, in batches, writing each score to a CSV as it
 goes, so thousands of images never sit in memory and an interruption keeps what was
@@ -616,6 +619,8 @@ DESCRIPTION = (
     "Score labelled images (a folder with safe/ and unsafe/ subfolders, or a CSV of "
     "path,label lines) with the configured safety checker, sweep the threshold offset, and "
     "write scores.csv, report.md (flag rates, precision, recommended offsets) and PNG plots. "
+    "A folder per safety category beside safe/ (gore/, violence/ ...) and --prompts CSV give "
+    "the same per category (thresholds) and the combined false-positive rate. "
     "With --gallery, read the scores stored in your gallery's images instead (no model "
     "needed) and show what each offset would have flagged. Scores are saved as they come: "
     "Ctrl-C keeps them, and running again resumes. See docs/safety.md."

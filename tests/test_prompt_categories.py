@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from generator_host.core.categories import DEFAULT_TEXT_MODEL
 from generator_host.core.events import CheckPrompt, PromptChecked, Reply, StartGeneration
 from generator_host.core.message import ChatMessage, Role, Viewer
 from generator_host.core.moderation import Blocklist, Moderator
@@ -257,6 +258,10 @@ def test_a_missing_text_model_turns_the_built_in_categories_off_with_a_warning(
         "gore, violence, hate_symbols are OFF" in warning
         and "stock safety checker is on" in warning
     )
+    caplog.clear()  # the default hub id, unreachable (tests run offline): the same
+    hub = _engine(tiny_model_dir, tmp_path, {}, categories_text_model=DEFAULT_TEXT_MODEL)
+    assert hub.safety.categories is None and hub.safety.enabled
+    assert any("are OFF" in r.getMessage() for r in caplog.records)
     own = {"spiders": {"phrases": ["a spider"]}}
     with pytest.raises(EngineError, match="categories_text_model"):
         _engine(tiny_model_dir, tmp_path, own, categories_text_model=missing)

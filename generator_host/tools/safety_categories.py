@@ -81,7 +81,7 @@ def fmt_threshold(t: float) -> str:
     return f"{t:.4f}".rstrip("0").rstrip(".") if t else "0"
 
 
-def sweep_table(e: CategoryEval, rows: Sequence[rep.SweepRow], what: str) -> str:
+def sweep_table(e: CategoryEval, rows: Sequence[rep.SweepRow]) -> str:
     lines = [
         f"| threshold | flagged safe (false positives) | flagged {e.name} | missed {e.name} "
         "| precision |",
@@ -159,9 +159,9 @@ def section(
             "Recommended thresholds: the highest threshold at which at most the given share "
             f"of your {e.name} {kind} gets through (lower = stricter), and what it costs.",
             "",
-            recommendation_table(e, [r for r in recs]),
+            recommendation_table(e, recs),
             "",
-            sweep_table(e, rows, kind),
+            sweep_table(e, rows),
             "",
         ]
         if draw:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from generator_host import exit_codes
+from generator_host.core import approval
 from generator_host.core import events as ev
 from generator_host.core import settings as settings_mod
 from generator_host.core.generation import Entry, GenerationRequest
@@ -398,7 +399,10 @@ class Host:
         if isinstance(result, BaseException):
             return result
         try:
-            return self.gallery.add(result, self.settings.safety.approval_mode)
+            safety = self.settings.safety
+            prompt_flagged = bool(getattr(result.request, "prompt_flagged", ()))
+            mode = approval.mode_for(safety.approval_mode, prompt_flagged, safety.prompt_action)
+            return self.gallery.add(result, mode)
         except Exception as exc:  # noqa: BLE001 - one unsaved result must not sink its batch
             return exc
 

@@ -213,12 +213,12 @@ def test_the_prompt_check_answers_while_a_generation_is_running(
 
 
 @pytest.mark.model
-def test_flag_makes_the_picture_and_holds_every_tile_in_hold_mode(
+def test_hold_makes_the_picture_and_holds_every_tile_for_review_whatever_the_mode(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from tests.test_app import RecordingHost, StandInChat, run_scenario, say, until
 
-    engine = _prompt_engine(tiny_model_dir, tmp_path, prompt_action="flag", approval_mode="hold")
+    engine = _prompt_engine(tiny_model_dir, tmp_path, prompt_action="hold", approval_mode="blur")
     settings = Settings()
     settings.model, settings.safety = engine.model_settings, engine.safety_settings
     settings.moderation.user_cooldown_seconds = 0.0
@@ -400,3 +400,12 @@ def test_categories_off_leave_the_stock_checker_bit_exact(
     for a, b in zip(result.images, with_categories.images, strict=True):
         assert (a.scores.concept, a.scores.special) == (b.scores.concept, b.scores.special)
         assert a.scores.categories == {} and set(b.scores.categories) == set(DEFAULTS)
+
+
+def test_the_approval_mode_of_a_picture_whose_prompt_came_too_close() -> None:
+    from generator_host.core.approval import mode_for
+
+    assert mode_for("blur", True, "hold") == "hold"  # held for review, whatever the mode
+    assert mode_for("off", True, "hold") == "hold"
+    assert mode_for("blur", True, "flag") == "blur"  # flagged tiles, the mode decides
+    assert mode_for("skip", False, "hold") == "skip"  # a clean prompt: the streamer's mode

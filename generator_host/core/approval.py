@@ -65,6 +65,14 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+def mode_for(mode: str, prompt_flagged: bool, prompt_action: str) -> str:
+    """The approval mode a picture is judged under: the streamer's, except for a picture
+    whose prompt came too close to a safety category under [safety] prompt_action =
+    "hold": held for review whatever the mode (with "flag" its tiles are merely flagged,
+    and the mode decides)."""
+    return "hold" if prompt_flagged and prompt_action == "hold" else mode
+
+
 def outcome_for(flagged: Sequence[bool], mode: str) -> Outcome:
     """What the approval mode makes of a finished request, from its tiles' verdicts."""
     check_mode(mode)

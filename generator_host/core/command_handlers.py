@@ -120,8 +120,9 @@ def prompt_checked(
 ) -> None:
     """A prompt's category scores arrived (only the prompt: a negative prompt naming a
     category asks the model to avoid it). Too close: refused with the categories named,
-    the same way as the blocklist's refusal; or, with [safety] prompt_action = "flag",
-    queued with every tile to count as flagged, so the approval mode decides."""
+    the same way as the blocklist's refusal; or, with [safety] prompt_action = "hold" or
+    "flag", queued with every tile to count as flagged (approval.mode_for: hold holds it
+    for review whatever the approval mode, flag lets the mode decide)."""
     if error:  # never unchecked: the request is refused, the reason goes to the log
         ctx.out.append(Log(f"the prompt check failed for @{ctx.viewer.login}: {error}"))
         text = "the safety filter could not check the prompt; try again"
@@ -130,7 +131,7 @@ def prompt_checked(
     refusal = show.moderator.check_prompt_scores(scores)
     request = dataclasses.replace(request, prompt_scores=tuple(sorted(scores.items())))
     if refusal:
-        if show.settings.safety.prompt_action != "flag":
+        if show.settings.safety.prompt_action not in ("flag", "hold"):
             _refuse_checked(show, ctx, request, refusal.text, refusal.kind.value)
             return
         close = tuple(name for name, score in sorted(scores.items()) if score > 0)

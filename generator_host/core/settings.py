@@ -52,7 +52,7 @@ APPROVAL_MODES = {
     "skip": "Skip them",
     "off": "Show everything (filter off)",
 }
-PROMPT_ACTIONS = ("refuse", "flag")
+PROMPT_ACTIONS = ("refuse", "hold", "flag")
 GRIDS = {1: "1 image", 4: "4 images (2x2 grid)", 9: "9 images (3x3)"}
 MODES = ("everyone", "subscribers", "moderators")
 FAMILIES = ("auto", "sd", "turbo", "sdxl", "sdxl-turbo")
@@ -304,7 +304,8 @@ class SafetySettings:
     prompt_action: str = setting(
         "refuse",
         "A prompt too close to a category that applies to prompts: refuse it before any "
-        "GPU time, or flag: make it with every tile flagged, so approval_mode decides.",
+        "GPU time; hold: make it and hold it for review; flag: make it with every tile "
+        "flagged, so approval_mode decides.",
         choices=PROMPT_ACTIONS,
     )
     categories: dict[str, Any] = setting(

@@ -4,6 +4,7 @@ shown unfiltered, stored in the PNG metadata and read back by safety-eval."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -247,6 +248,9 @@ def test_category_scores_survive_in_the_png_and_in_safety_eval(
     assert "## Safety categories" in report
     assert "| spiders | 4 | 25.0% (1/4) |" in report
     assert "| gore | 4 | 0.0% (0/4) |" in report
+    with (out / "gallery_scores.csv").open(encoding="utf-8") as f:
+        rows = {r["path"].split("/")[-1]: r for r in csv.DictReader(f)}
+    assert float(rows["000001-4.png"]["category:gore"]) < 0  # a column per category
 
 
 def test_with_every_category_off_the_scores_and_metadata_are_the_checkers_alone(

@@ -970,9 +970,10 @@ def run_gallery(args: argparse.Namespace, settings: Settings) -> int:
     flagged_then = 0
     try:
         out.mkdir(parents=True, exist_ok=True)
+        names = list(_image_categories(settings))  # a column per configured category
         with (out / GALLERY_SCORES_CSV).open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(SCORE_FIELDS)
+            writer.writerow(score_fields(names))
             bar = Progress(len(files), label="reading")
             for path in files:
                 scores, safety, problem = read_stored(path)
@@ -984,7 +985,7 @@ def run_gallery(args: argparse.Namespace, settings: Settings) -> int:
                     flagged_then += verdict == "flagged"
                     s = Scored(key, verdict, scores)
                     scored.append(s)
-                    writer.writerow(score_row(s, configured))
+                    writer.writerow(score_row(s, configured, names))
                 bar.update()
             bar.close()
     except OSError as exc:

@@ -409,3 +409,24 @@ def test_the_approval_mode_of_a_picture_whose_prompt_came_too_close() -> None:
     assert mode_for("off", True, "hold") == "hold"
     assert mode_for("blur", True, "flag") == "blur"  # flagged tiles, the mode decides
     assert mode_for("skip", False, "hold") == "skip"  # a clean prompt: the streamer's mode
+
+
+def test_a_redemption_refused_by_the_prompt_check_is_refunded_once() -> None:
+    """Channel points: a refusal after the check (or a stop during it) settles CANCELED."""
+    from generator_host.core.events import Redemption, Settle, Stopping
+
+    show = _show()
+    out = show.handle(Redemption("red-1", "ann", "Ann", "", PLANTED, 0.0))
+    check = next(e for e in out if isinstance(e, CheckPrompt))
+    assert "red-1" in show.pending_redemptions()  # a repeated notification is not a second
+    out = show.handle(PromptChecked(check.request.id, {"gore": 0.2}, now=1))
+    assert [(e.redemption_id, e.status) for e in out if isinstance(e, Settle)] == [
+        ("red-1", "CANCELED")
+    ]
+    assert any("too close to gore; your points are refunded" in t for t in _said(out))
+    out = show.handle(Redemption("red-2", "bob", "Bob", "", "a cat", 2.0))
+    assert any(isinstance(e, CheckPrompt) for e in out)
+    out = show.handle(Stopping(now=3.0))
+    assert [(e.redemption_id, e.status) for e in out if isinstance(e, Settle)] == [
+        ("red-2", "CANCELED")
+    ]

@@ -45,6 +45,7 @@ from generator_host.core.show import Show
 from generator_host.edges.blocklist import load_blocklist
 from generator_host.edges.chat.irc import LoginFailed
 from generator_host.edges.files import write_atomic
+from generator_host.engine import memory
 from generator_host.engine.pipeline import EngineError
 from generator_host.ports import ChatAdapter, EngineLike, GalleryLike
 from obs_script import chat_diffusion_protocol as protocol
@@ -407,12 +408,14 @@ class Host:
             return exc
 
     def _outcome_event(self, request: GenerationRequest, outcome: Any) -> Any:
-        """GenerationFinished for a stored entry, else GenerationFailed with a chat-fit reason."""
+        """GenerationFinished for a stored entry, else GenerationFailed with a chat-fit reason;
+        both carry the host's peak memory so far (for moderators' !params)."""
+        peak = memory.describe(getattr(self.engine, "device", "cpu"))
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, EngineError):  # Cancelled, OutOfMemory: expected
                 log.error("generation %s failed", request.id, exc_info=outcome)
             reason = str(outcome) or type(outcome).__name__
-            return ev.GenerationFailed(request.id, reason=reason, now=time.monotonic())
+            return ev.GenerationFailed(request.id, reason=reason, now=time.monotonic(), memory=peak)
         entry: Entry = outcome
         log.info(
             "image %d for @%s ready (%s): %s",
@@ -421,7 +424,7 @@ class Host:
             entry.outcome,
             entry.prompt[:80],
         )
-        return ev.GenerationFinished(request.id, entry=entry, now=time.monotonic())
+        return ev.GenerationFinished(request.id, entry=entry, now=time.monotonic(), memory=peak)
 
     async def _display(self, effect: ev.Display) -> None:
         """The picture as the show says (its tiles), to OBS, then the legacy files."""

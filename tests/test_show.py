@@ -455,6 +455,19 @@ def test_params_seed_and_prompt_describe_the_image_on_screen():
     assert replies(chat(show, "x", "!prompt")) == ["@Alice: a fox ### blurry"]
 
 
+def test_params_tells_moderators_the_hosts_peak_memory_and_viewers_not():
+    show = make()
+    chat(show, "alice", "!generate a fox")
+    req = show.running
+    show.handle(GenerationFinished(req.id, entry_for(req, 1, 1), 1, "peak memory 3.1 GB RAM"))
+    mod = replies(chat(show, "mod", "!params", Role.MODERATOR))[0]
+    assert mod.startswith("by @Alice: seed ") and mod.endswith("; host peak memory 3.1 GB RAM")
+    boss = replies(chat(show, "boss", "!params", Role.BROADCASTER, now=40))[0]
+    assert boss.endswith("; host peak memory 3.1 GB RAM")
+    viewer = replies(chat(show, "vip", "!params", Role.VIP, now=80))[0]
+    assert "memory" not in viewer and viewer.endswith("model tiny")
+
+
 def test_help_lists_what_this_viewer_may_use():
     viewer = replies(chat(make(), "v", "!help"))[0]
     assert "!generate <prompt> ### <negative prompt>" in viewer

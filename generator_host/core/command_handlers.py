@@ -318,17 +318,20 @@ def _described(show: Show, ctx: Ctx) -> Entry | None:
 
 
 def params(show: Show, ctx: Ctx) -> None:
-    """!params: everything needed to make the image on screen again; moderators also get
-    its safety scores (the checker's and each category's, positive = past the line)."""
+    """!params: everything needed to make the image on screen again; moderators (and the
+    broadcaster) also get the host's peak memory (what the model leaves free on their PC)
+    and the picture's safety scores (the checker's and each category's, positive = past
+    the line). Memory first: it is short, the scores may reach the line's length cap."""
     entry = _described(show, ctx)
     if entry:
         size = f"{entry.width}x{entry.height}"
-        show.say(
-            ctx,
+        text = (
             f"by @{entry.requester}: seed {entry.seed}, {entry.steps} steps, "
             f"guidance {entry.guidance:g}, {size}, {entry.count} image(s), model {entry.model}"
-            + _safety_for(ctx, entry),
         )
+        if show.memory and ctx.viewer.role >= Role.MODERATOR:
+            text += f"; host {show.memory}"
+        show.say(ctx, text + _safety_for(ctx, entry))
 
 
 def _safety_for(ctx: Ctx, entry: Entry) -> str:

@@ -98,9 +98,12 @@ class GenerationProgress:
 
 @dataclass(frozen=True)
 class GenerationFinished:
+    """`memory`: the host's peak memory after the run, as engine/memory.py words it."""
+
     request_id: str
     entry: Entry
     now: float = 0.0
+    memory: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class GenerationFailed:
     request_id: str
     reason: str
     now: float = 0.0
+    memory: str = ""  # as GenerationFinished's: an out-of-memory failure is when it matters
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,9 @@ class Show:
         self._resumed = False
         self._slideshow_setting = -1.0
         self._status = ""
+        # The host's peak memory as the engine words it ("peak memory 3.1 GB RAM"), from
+        # the last finished or failed run: moderators see it in !params.
+        self.memory = ""
         self._reread_settings()
         if state:
             self._restore(state)
@@ -489,6 +492,7 @@ class Show:
             self.progress = (event.step, event.total)
 
     def _on_finished(self, event: GenerationFinished, out: list[Effect]) -> None:
+        self.memory = event.memory or self.memory
         req = self.end_request(event.request_id)
         if req is None:
             return  # a cancelled request finishing late: not shown
@@ -512,6 +516,7 @@ class Show:
             self.tell(out, event.now, req, "your image is held until the streamer approves it")
 
     def _on_failed(self, event: GenerationFailed, out: list[Effect]) -> None:
+        self.memory = event.memory or self.memory
         req = self.end_request(event.request_id)
         if req is None:
             return

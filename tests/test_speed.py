@@ -158,27 +158,29 @@ def test_precision_is_timed_at_the_first_warm_up_then_remembered(
     calls: list[int] = []
     measure = precision.measure
 
-    def counting(pipe: Any, run: Any) -> Any:
+    def counting(pipe: Any, run: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return measure(pipe, run)
+        return measure(pipe, run, **kwargs)
 
     monkeypatch.setattr(precision, "measure", counting)
     first = make_tiny_engine(tiny_model_dir, warmup=True)
     assert first.precision is not None and first.precision.source == "measured"
     assert set(first.precision.seconds) == {"text_encoder", "unet", "vae"}
-    assert all(set(s) == {"float32", "bfloat16"} for s in first.precision.seconds.values())
+    timed = {"float32", "float32 channels-last", "bfloat16", "bfloat16 channels-last"}
+    assert all(set(s) == timed for s in first.precision.seconds.values())
     cache = precision.cache_file()
     assert cache.is_file() and str(tmp_path) in str(cache)
     second = make_tiny_engine(tiny_model_dir, warmup=True)
     assert second.precision is not None and second.precision.source == "cached"
     assert second.precision.dtypes == first.precision.dtypes
+    assert second.precision.describe() == first.precision.describe()  # layouts too
     assert len(calls) == 1
     cache.write_text("{not json")  # a broken cache costs one more timing, nothing else
     third = make_tiny_engine(tiny_model_dir, warmup=True)
     assert third.precision is not None and third.precision.source == "measured"
 
 
-def test_without_bf16_kernels_nothing_is_timed_and_float32_is_kept(
+def test_without_bf16_kernels_only_float32_layouts_are_timed(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from generator_host.engine import precision
@@ -186,8 +188,67 @@ def test_without_bf16_kernels_nothing_is_timed_and_float32_is_kept(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "bf16_capable", lambda: False)
     engine = make_tiny_engine(tiny_model_dir, warmup=True)
-    assert engine.precision is not None and engine.precision.describe() == "float32"
-    assert not precision.cache_file().exists()
+    plan = engine.precision
+    assert plan is not None and plan.source == "measured"
+    assert set(plan.dtypes.values()) == {"float32"}
+    assert all(set(s) == {"float32", "float32 channels-last"} for s in plan.seconds.values())
+    assert precision.cache_file().is_file()
+
+
+def test_channels_last_is_kept_only_for_convolution_parts_where_clearly_faster() -> None:
+    from generator_host.engine.precision import choose, plan_of
+
+    seconds = {
+        "text_encoder": {"float32": 1.0, "float32 channels-last": 0.5},  # no convolutions
+        "unet": {"float32": 5.0, "float32 channels-last": 6.5},  # slower: kept contiguous
+        "vae": {"float32": 1.0, "float32 channels-last": 0.6},
+    }
+    chosen = choose(seconds)
+    assert chosen == {
+        "text_encoder": "float32",
+        "unet": "float32",
+        "vae": "float32 channels-last",
+    }
+    assert plan_of(chosen, "measured", seconds).describe() == "float32, channels-last decoder"
+    both = {
+        "unet": {"float32": 5.0, "bfloat16": 2.8, "bfloat16 channels-last": 2.2},
+        "vae": {"float32": 1.0, "float32 channels-last": 0.95, "bfloat16": 0.5},  # 5%: noise
+    }
+    plan = plan_of(choose(both), "measured", both)
+    assert plan.describe() == "bfloat16, channels-last UNet"
+
+
+def test_a_remembered_channels_last_plan_is_used_and_named_in_the_png(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from generator_host.engine import precision
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "bf16_capable", lambda: False)
+    first = make_tiny_engine(tiny_model_dir, warmup=True)
+    assert first.precision is not None
+    # Whatever this machine measured, a plan that puts both convolution parts in
+    # channels-last is what the next start finds in the cache.
+    chosen = {
+        "text_encoder": "float32",
+        "unet": "float32 channels-last",
+        "vae": "float32 channels-last",
+    }
+    plan = precision.plan_of(chosen, "measured", first.precision.seconds)
+    precision.remember(precision.machine_id(), _model_key(first), plan)
+    second = make_tiny_engine(tiny_model_dir, warmup=True)
+    assert second.precision is not None and second.precision.source == "cached"
+    params = GenerationParams("a lighthouse", seed=3, count=2)
+    out = second.generate(params)
+    assert _bytes(out) == _bytes(second.generate(params))  # same seed, same bytes
+    assert _png(out, tmp_path)["precision"] == "float32, channels-last UNet and decoder"
+
+
+def _model_key(engine: Any) -> str:
+    from generator_host.engine import precision
+
+    d = engine.defaults()
+    return precision.model_id(engine.pipe, engine.model_name, (d["width"], d["height"]))
 
 
 def test_warm_up_log_reports_peak_memory_and_cpu_threads_follow_the_setting(

@@ -190,6 +190,7 @@ class Engine:
         self.decoder = decoders.FULL
         self.precision: precision.Plan | None = None
         self._precision_ids: tuple[str, str] | None = None  # (machine, model): to measure
+        self._bf16 = False  # the CPU has bfloat16 kernels: the warm-up times bfloat16 too
         self._per_image: dict[tuple[Any, int], float] = {}  # (settings, batch) -> s/image
         self._calls = 0
         self.category_cache_dir = cache_dir() / "category-embeddings"
@@ -358,8 +359,11 @@ class Engine:
             if self._precision_ids is None:
                 self.generate(params)
             else:
-                log.info("timing each part in float32 and bfloat16 (once on this machine) ...")
-                self.precision = precision.measure(self.pipe, lambda: self.generate(params))
+                names = precision.variants(self._bf16)
+                log.info("timing each part in %s (once on this machine) ...", ", ".join(names))
+                self.precision = precision.measure(
+                    self.pipe, lambda: self.generate(params), bf16=self._bf16
+                )
                 precision.remember(*self._precision_ids, self.precision)
                 self._precision_ids = None
         except EngineError as exc:
@@ -377,15 +381,16 @@ class Engine:
         )
 
     def _plan_precision(self) -> None:
-        """[model] dtype = auto on the CPU: the plan measured earlier on this machine for
-        this model, else float32 until the warm-up measures one."""
+        """[model] dtype = auto on the CPU: the number format and memory layout of each
+        part measured earlier on this machine for this model, else float32 (contiguous)
+        until the warm-up measures them; bfloat16 only where the CPU has its kernels."""
         self.precision = precision.uniform(self.pipe, self.dtype)
         self._precision_ids = None
         if not (self.device == "cpu" and self.model_settings.dtype == "auto"):
             return
-        if not precision.bf16_capable():
-            self.precision.source = "this CPU has no bfloat16 kernels"
-            return
+        self._bf16 = precision.bf16_capable()
+        if not self._bf16:
+            log.info("this CPU has no bfloat16 kernels: float32 only")
         d = self.defaults()
         ids = (
             precision.machine_id(),
@@ -398,7 +403,10 @@ class Engine:
         elif self.model_settings.warmup:
             self._precision_ids = ids
         else:
-            log.info("float32 on the CPU: bfloat16 is chosen by timing at warm-up (warmup = false)")
+            log.info(
+                "float32, contiguous on the CPU: bfloat16 and channels-last are chosen by "
+                "timing at warm-up (warmup = false)"
+            )
 
     # ----- parameters ----------------------------------------------------------------
     def defaults(self) -> dict[str, Any]:

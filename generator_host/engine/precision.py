@@ -13,6 +13,13 @@ Parts in different formats meet at their inputs: diffusers pipelines expect one 
 throughout, so each part gets a forward pre-hook that casts its floating inputs to its own
 dtype (hand-written: diffusers and transformers have no per-part mixed precision for
 inference; `enable_layerwise_casting` only stores weights in a smaller type).
+
+The memory layout of the convolution parts (UNet, decoder) is chosen the same way: oneDNN
+runs some convolutions faster on channels-last tensors and others slower, by CPU and by
+layer shapes (measured on a 2-core AVX2 EPYC, SD-Turbo at 512x512: see docs/benchmarks.md),
+so each layout is timed in the same warm-up pictures and kept only where it is clearly
+faster. Converting a part's weights is enough: a convolution with channels-last weights
+makes channels-last outputs, which the next layers keep.
 """
 
 from __future__ import annotations
@@ -42,9 +49,12 @@ PARTS = {
     "unet": "UNet",
     "vae": "decoder",
 }
-FASTER = 0.9  # bfloat16 must take at most 90% of float32's time: noise never flips to slower
-CACHE_VERSION = 1
+FASTER = 0.9  # a variant must take at most 90% of float32's time: noise never flips to slower
+CACHE_VERSION = 2  # 2: with memory layouts
 _HOOK = "_chat_diffusion_cast_hook"
+LAYOUT_PARTS = ("unet", "vae")  # the parts built of convolutions: only there layout matters
+CHANNELS_LAST = "channels-last"
+BASE = "float32"  # the variant every other one must beat
 
 
 @dataclass
@@ -53,14 +63,20 @@ class Plan:
 
     dtypes: dict[str, str]  # part -> "float32" | "bfloat16" | "float16"
     source: str  # "measured", "cached" or "configured"
-    seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> dtype -> s
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # part -> variant -> s
+    channels_last: list[str] = field(default_factory=list)  # parts in channels-last layout
 
     def describe(self) -> str:
-        """One line for the log and the picture's metadata, e.g. 'UNet bfloat16, ...'."""
+        """One line for the log and the picture's metadata, e.g. 'UNet bfloat16, ...' or
+        'float32, channels-last decoder'."""
         kinds = set(self.dtypes.values())
         if len(kinds) == 1:
-            return next(iter(kinds))
-        return ", ".join(f"{PARTS.get(p, p)} {d}" for p, d in self.dtypes.items())
+            text = next(iter(kinds))
+        else:
+            text = ", ".join(f"{PARTS.get(p, p)} {d}" for p, d in self.dtypes.items())
+        if self.channels_last:
+            text += f", {CHANNELS_LAST} " + " and ".join(PARTS[p] for p in self.channels_last)
+        return text
 
 
 def parts_of(pipe: Any) -> list[str]:
@@ -118,12 +134,23 @@ def set_dtype(pipe: Any, part: str, dtype: Any) -> None:
             setattr(module, _HOOK, handle)
 
 
+def set_layout(pipe: Any, part: str, channels_last: bool) -> None:
+    """Channels-last (or the default contiguous) weights for one part; a part without
+    convolutions is left alone (the layout only applies to 4-d weights)."""
+    import torch
+
+    if part in LAYOUT_PARTS:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        getattr(pipe, part).to(memory_format=layout)
+
+
 def apply(pipe: Any, plan: Plan) -> None:
     import torch
 
     for part, name in plan.dtypes.items():
         if getattr(pipe, part, None) is not None:
             set_dtype(pipe, part, getattr(torch, name))
+            set_layout(pipe, part, part in plan.channels_last)
 
 
 # ---- measuring ---------------------------------------------------------------------------
@@ -141,14 +168,34 @@ def bf16_capable() -> bool:
         return False
 
 
+def variants(bf16: bool) -> list[str]:
+    """What the warm-up times: float32 (the base), its channels-last layout, and the same
+    in bfloat16 where the CPU has bfloat16 kernels."""
+    dtypes = [BASE, "bfloat16"] if bf16 else [BASE]
+    return [f"{d}{suffix}" for d in dtypes for suffix in ("", f" {CHANNELS_LAST}")]
+
+
 def choose(seconds: dict[str, dict[str, float]]) -> dict[str, str]:
-    """bfloat16 for a part whose measured time is at most FASTER of float32's, else float32."""
+    """Each part's fastest variant among those taking at most FASTER of float32's time,
+    else float32 (channels-last variants only for the convolution parts)."""
     chosen: dict[str, str] = {}
-    for part, by_dtype in seconds.items():
-        fp32, bf16 = by_dtype.get("float32"), by_dtype.get("bfloat16")
-        faster = fp32 is not None and bf16 is not None and bf16 <= fp32 * FASTER
-        chosen[part] = "bfloat16" if faster else "float32"
+    for part, by_variant in seconds.items():
+        best = BASE
+        base = by_variant.get(BASE)
+        for variant, spent in by_variant.items():
+            if base is None or (CHANNELS_LAST in variant and part not in LAYOUT_PARTS):
+                continue
+            if spent <= base * FASTER and spent < by_variant[best]:
+                best = variant
+        chosen[part] = best
     return chosen
+
+
+def plan_of(chosen: dict[str, str], source: str, seconds: dict[str, dict[str, float]]) -> Plan:
+    """A Plan from each part's chosen variant ("bfloat16 channels-last" -> dtype, layout)."""
+    dtypes = {part: variant.split()[0] for part, variant in chosen.items()}
+    layout = [part for part, variant in chosen.items() if variant.endswith(CHANNELS_LAST)]
+    return Plan(dtypes, source, seconds, layout)
 
 
 class PartTimer:
@@ -182,31 +229,49 @@ class PartTimer:
                 handle.remove()
 
 
-def measure(pipe: Any, run: Callable[[], None]) -> Plan:
-    """Time every part in float32, then in bfloat16, inside real pictures made by `run`;
-    keep bfloat16 where it takes at most FASTER of float32's time. The pipeline must be in
-    float32 when called. Four pictures: each format's first one pays one-time costs
-    (kernel choice, allocation) and is not counted."""
+def measure(pipe: Any, run: Callable[[], None], bf16: bool = True) -> Plan:
+    """Time every part in each variant (float32, channels-last, and bfloat16 of both when
+    `bf16`) inside real pictures made by `run`; keep a variant for a part only where it
+    takes at most FASTER of float32's time. The pipeline must be in float32 (contiguous)
+    when called. Each variant's first picture pays one-time costs (kernel choice,
+    allocation) and is not counted; then two timed rounds, the second in reverse order
+    (a machine that speeds up or slows down meets every variant alike); the faster of a
+    part's two times counts."""
     import torch
 
     parts = parts_of(pipe)
     timer = PartTimer(pipe, parts)
+    names = variants(bf16)
     seconds: dict[str, dict[str, float]] = {p: {} for p in parts}
-    for dtype in (torch.float32, torch.bfloat16):
+    failed: set[str] = set()
+
+    def set_variant(variant: str) -> None:
+        dtype = getattr(torch, variant.split()[0])
         for part in parts:
             set_dtype(pipe, part, dtype)
+            set_layout(pipe, part, variant.endswith(CHANNELS_LAST))
+
+    warmed: set[str] = set()
+    for variant in names + names[::-1]:
+        if variant in failed:
+            continue
+        set_variant(variant)
         try:
-            run()
+            if variant not in warmed:
+                run()
+                warmed.add(variant)
             with timer.recording() as spent:
                 run()
-        except Exception as exc:  # noqa: BLE001 - a model that fails in bf16 stays fp32
-            if dtype == torch.float32:
+        except Exception as exc:  # noqa: BLE001 - a model that fails in a variant skips it
+            if variant == BASE:
                 raise
-            log.warning("the model fails in bfloat16 (%s); keeping float32", exc)
+            log.warning("the model fails in %s (%s); not using it", variant, exc)
+            failed.add(variant)
             spent = {part: math.inf for part in parts}
         for part in parts:
-            seconds[part][_dtype_name(dtype)] = spent[part]
-    plan = Plan(choose(seconds), "measured", seconds)
+            old = seconds[part].get(variant, math.inf)
+            seconds[part][variant] = min(old, spent[part])
+    plan = plan_of(choose(seconds), "measured", seconds)
     apply(pipe, plan)
     return plan
 
@@ -270,12 +335,15 @@ def cached(machine: str, model: str, parts: list[str], path: Path | None = None)
     if not isinstance(entry, dict):
         return None
     dtypes = entry.get("dtypes")
+    layout = entry.get("channels_last", [])
     valid = {"float32", "bfloat16"}
     if not isinstance(dtypes, dict) or set(dtypes) != set(parts):
         return None
     if not all(v in valid for v in dtypes.values()):
         return None
-    return Plan(dict(dtypes), "cached", entry.get("seconds") or {})
+    if not isinstance(layout, list) or not set(layout) <= set(LAYOUT_PARTS) & set(parts):
+        return None
+    return Plan(dict(dtypes), "cached", entry.get("seconds") or {}, list(layout))
 
 
 def remember(machine: str, model: str, plan: Plan, path: Path | None = None) -> None:
@@ -286,6 +354,7 @@ def remember(machine: str, model: str, plan: Plan, path: Path | None = None) -> 
         "machine": machine,
         "model": model,
         "dtypes": plan.dtypes,
+        "channels_last": plan.channels_last,
         "seconds": plan.seconds,
         "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

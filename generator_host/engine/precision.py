@@ -176,16 +176,21 @@ def variants(bf16: bool) -> list[str]:
 
 
 def choose(seconds: dict[str, dict[str, float]]) -> dict[str, str]:
-    """Each part's fastest variant among those taking at most FASTER of float32's time,
-    else float32 (channels-last variants only for the convolution parts)."""
+    """Each part's variant: float32 unless another takes at most FASTER of the time of
+    the one it would replace, tried in the order of `variants` (channels-last only for the
+    convolution parts). So bfloat16 channels-last must beat bfloat16 clearly too: a 1%
+    gap is noise, not a reason to change the layout."""
+    order = variants(bf16=True)
     chosen: dict[str, str] = {}
     for part, by_variant in seconds.items():
         best = BASE
-        base = by_variant.get(BASE)
-        for variant, spent in by_variant.items():
-            if base is None or (CHANNELS_LAST in variant and part not in LAYOUT_PARTS):
+        if BASE not in by_variant:
+            chosen[part] = best
+            continue
+        for variant in sorted(by_variant, key=lambda v: order.index(v) if v in order else 99):
+            if CHANNELS_LAST in variant and part not in LAYOUT_PARTS:
                 continue
-            if spent <= base * FASTER and spent < by_variant[best]:
+            if by_variant[variant] <= by_variant[best] * FASTER:
                 best = variant
         chosen[part] = best
     return chosen

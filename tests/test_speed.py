@@ -260,6 +260,24 @@ def test_a_remembered_channels_last_plan_is_used_and_named_in_the_png(
     assert _png(out, tmp_path)["precision"] == "float32, channels-last UNet and decoder"
 
 
+def test_the_cache_key_ignores_config_bookkeeping_that_changes_between_processes() -> None:
+    from types import SimpleNamespace
+
+    from generator_host.engine import precision
+
+    def pipe(defaults: list[str], where: str) -> Any:
+        config = {"in_channels": 4, "_use_default_values": defaults, "_name_or_path": where}
+        return SimpleNamespace(unet=SimpleNamespace(config=config))
+
+    # diffusers builds _use_default_values from a set: its order differs per process
+    a = precision.model_id(pipe(["dropout", "mid_block_type"], "/a"), "m", (512, 512))
+    b = precision.model_id(pipe(["mid_block_type", "dropout"], "/b"), "m", (512, 512))
+    assert a == b
+    wider = pipe([], "/a")
+    wider.unet.config["in_channels"] = 8
+    assert precision.model_id(wider, "m", (512, 512)) != a
+
+
 def _model_key(engine: Any) -> str:
     from generator_host.engine import precision
 

@@ -310,7 +310,11 @@ def model_id(pipe: Any, name: str, size: tuple[int, int]) -> str:
     for part in parts_of(pipe):
         config = getattr(getattr(pipe, part), "config", None)
         if config is not None:  # diffusers: a dict; transformers: to_dict()
-            configs[part] = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+            # "_" keys are bookkeeping, not architecture: diffusers' _use_default_values
+            # is a list made from a set, in another order in every process (the cache
+            # then never matched and every start timed the model again).
+            configs[part] = {k: v for k, v in values.items() if not str(k).startswith("_")}
     text = json.dumps(configs, sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return f"{name}; {size[0]}x{size[1]}; {digest}"

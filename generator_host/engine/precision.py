@@ -16,7 +16,8 @@ inference; `enable_layerwise_casting` only stores weights in a smaller type).
 
 The memory layout of the convolution parts (UNet, decoder) is chosen the same way: oneDNN
 runs some convolutions faster on channels-last tensors and others slower, by CPU and by
-layer shapes (measured on a 2-core AVX2 EPYC, SD-Turbo at 512x512: see docs/benchmarks.md),
+layer shapes (on a 2-core Zen 5 EPYC at 512x512: the tiny decoder 1.8x faster, SD-Turbo's
+UNet no faster; see docs/benchmarks.md),
 so each layout is timed in the same warm-up pictures and kept only where it is clearly
 faster. Converting a part's weights is enough: a convolution with channels-last weights
 makes channels-last outputs, which the next layers keep.
@@ -49,7 +50,8 @@ PARTS = {
     "unet": "UNet",
     "vae": "decoder",
 }
-FASTER = 0.9  # a variant must take at most 90% of float32's time: noise never flips to slower
+FASTER = 0.9  # a variant must take at most 90% of the time of the one it replaces: noise
+# never flips a part to slower
 CACHE_VERSION = 2  # 2: with memory layouts
 _HOOK = "_chat_diffusion_cast_hook"
 LAYOUT_PARTS = ("unet", "vae")  # the parts built of convolutions: only there layout matters
@@ -237,7 +239,7 @@ class PartTimer:
 def measure(pipe: Any, run: Callable[[], None], bf16: bool = True) -> Plan:
     """Time every part in each variant (float32, channels-last, and bfloat16 of both when
     `bf16`) inside real pictures made by `run`; keep a variant for a part only where it
-    takes at most FASTER of float32's time. The pipeline must be in float32 (contiguous)
+    is clearly faster (`choose`). The pipeline must be in float32 (contiguous)
     when called. Each variant's first picture pays one-time costs (kernel choice,
     allocation) and is not counted; then two timed rounds, the second in reverse order
     (a machine that speeds up or slows down meets every variant alike); the faster of a
@@ -350,7 +352,9 @@ def cached(machine: str, model: str, parts: list[str], path: Path | None = None)
         return None
     if not all(v in valid for v in dtypes.values()):
         return None
-    if not isinstance(layout, list) or not set(layout) <= set(LAYOUT_PARTS) & set(parts):
+    if not isinstance(layout, list) or not all(isinstance(p, str) for p in layout):
+        return None
+    if not set(layout) <= set(LAYOUT_PARTS) & set(parts):
         return None
     return Plan(dict(dtypes), "cached", entry.get("seconds") or {}, list(layout))
 

@@ -29,7 +29,7 @@ from tests.fake_twitch_api import FakeTwitchApi
 from tests.fake_twitch_id import FakeTwitchId
 from tests.fixtures_model import make_tiny_engine, tiny_settings
 from tests.reliability_helpers import record
-from tests.test_app import StandInChat, say
+from tests.test_app import StandInChat, run_scenario, say, until
 
 pytestmark = pytest.mark.model
 
@@ -92,26 +92,12 @@ def make_host(tmp_path: Path, model_dir: Path, settings: Settings, fake_id: Fake
     return Host(settings, home, StandInChat(), engine, gallery, "t" * 32, points=points)
 
 
-async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 def run(host: Host, scenario: Callable[[], Any]) -> None:
-    async def main() -> None:
-        ready = asyncio.Event()
-        task = asyncio.ensure_future(host.run(on_ready=lambda h: ready.set()))
-        await asyncio.wait_for(ready.wait(), 30)
-        try:
-            await scenario()
-        finally:
-            host.stopped.set()
-            await asyncio.wait_for(task, 30)
-            host.gallery.close()
-
-    asyncio.run(main())
+    """test_app's scenario runner, then the gallery closed (each test makes its own)."""
+    try:
+        run_scenario(host, scenario)  # type: ignore[arg-type]
+    finally:
+        host.gallery.close()
 
 
 class Gate:

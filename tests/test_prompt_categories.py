@@ -19,11 +19,12 @@ from generator_host.core.categories import DEFAULT_TEXT_MODEL
 from generator_host.core.events import CheckPrompt, PromptChecked, Reply, StartGeneration
 from generator_host.core.message import ChatMessage, Role, Viewer
 from generator_host.core.moderation import Blocklist, Moderator
-from generator_host.core.settings import Settings, settings_from_dict
+from generator_host.core.settings import Settings
 from generator_host.core.show import Show
 from generator_host.edges.gallery import Gallery, read_png_metadata
 from generator_host.engine.pipeline import Engine, EngineError
 from generator_host.engine.tiny_model import PROJECTION_DIM, plant_phrase
+from tests.test_categories import _engine
 
 PLANTED = "a man cut in half"
 OTHERS = ["a lighthouse", "a red fox", "a cat", "a man"]
@@ -106,41 +107,36 @@ def _planted_tower(tiny_model_dir: Path, tmp: Path) -> tuple[Path, np.ndarray]:
     return text, vec
 
 
-def _engine(tiny_model_dir: Path, tmp: Path, categories: dict[str, Any], **safety: Any) -> Engine:
-    raw = {
-        "model": {"model": str(tiny_model_dir), "device": "cpu", "steps": 2, "guidance": 0.0,
-                  "warmup": False, "cpu_threads": 1},
-        "safety": {"checker": str(tiny_model_dir), "categories": categories, **safety},
-    }  # fmt: skip
-    settings, problems = settings_from_dict(raw)
-    assert problems == []
-    engine = Engine(settings.model, settings.safety)
-    engine.category_cache_dir = tmp / "cache"
-    engine.load()
-    return engine
-
-
 def _prompt_engine(tiny_model_dir: Path, tmp: Path, **safety: Any) -> Engine:
     text, _ = _planted_tower(tiny_model_dir, tmp)
     cats = {"gore": {"phrases": [PLANTED], "applies_to": "both", "prompt_threshold": 0.9}}
     return _engine(tiny_model_dir, tmp, cats, categories_text_model=str(text), **safety)
 
 
+def _host(engine: Engine, tmp_path: Path, grid: int = 1) -> Any:
+    """The real Host (test_app's recording one) on `engine`, no cooldown, a free link port."""
+    from tests.test_app import RecordingHost, StandInChat
+
+    settings = Settings()
+    settings.model, settings.safety = engine.model_settings, engine.safety_settings
+    settings.moderation.user_cooldown_seconds = 0.0
+    settings.show.grid = grid
+    settings.link.port = 0
+    return RecordingHost(
+        settings, tmp_path, StandInChat(), engine, Gallery(tmp_path / "gallery"), "t" * 32
+    )
+
+
 @pytest.mark.model
 def test_a_planted_prompt_is_refused_in_chat_and_the_engine_is_never_called(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.test_app import PipelineCalls, RecordingHost, StandInChat, run_scenario, say, until
+    from tests.test_app import PipelineCalls, run_scenario, say, until
 
     engine = _prompt_engine(tiny_model_dir, tmp_path)
     assert engine.prompt_checker is not None
     pipeline = PipelineCalls(engine)
-    settings = Settings()
-    settings.model, settings.safety = engine.model_settings, engine.safety_settings
-    settings.moderation.user_cooldown_seconds = 0.0
-    settings.link.port = 0
-    gallery = Gallery(tmp_path / "gallery")
-    host = RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+    host = _host(engine, tmp_path)
 
     async def scenario() -> None:
         say(host, "ann", f"!generate {PLANTED}")
@@ -158,7 +154,7 @@ def test_a_planted_prompt_is_refused_in_chat_and_the_engine_is_never_called(
     try:
         run_scenario(host, scenario)
     finally:
-        gallery.close()
+        host.gallery.close()
     assert pipeline.sizes == [1]  # only bob's picture was made
     assert [p for _, p in host.shown()] == ["a lighthouse"]
     viewer_params, mod_params = [t for t in host.chat.said if "seed" in t]
@@ -177,7 +173,7 @@ def test_the_prompt_check_answers_while_a_generation_is_running(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """The check has its own thread: a long generation does not delay a refusal."""
-    from tests.test_app import RecordingHost, StandInChat, run_scenario, say, until
+    from tests.test_app import run_scenario, say, until
 
     engine = _prompt_engine(tiny_model_dir, tmp_path)
     gate, entered = threading.Event(), threading.Event()
@@ -189,12 +185,7 @@ def test_the_prompt_check_answers_while_a_generation_is_running(
         return original(**kwargs)
 
     engine.call_pipeline = slow
-    settings = Settings()
-    settings.model, settings.safety = engine.model_settings, engine.safety_settings
-    settings.moderation.user_cooldown_seconds = 0.0
-    settings.link.port = 0
-    gallery = Gallery(tmp_path / "gallery")
-    host = RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+    host = _host(engine, tmp_path)
 
     async def scenario() -> None:
         say(host, "bob", "!generate a red fox")
@@ -209,23 +200,17 @@ def test_the_prompt_check_answers_while_a_generation_is_running(
         run_scenario(host, scenario)
     finally:
         gate.set()
-        gallery.close()
+        host.gallery.close()
 
 
 @pytest.mark.model
 def test_hold_makes_the_picture_and_holds_every_tile_for_review_whatever_the_mode(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from tests.test_app import RecordingHost, StandInChat, run_scenario, say, until
+    from tests.test_app import run_scenario, say, until
 
     engine = _prompt_engine(tiny_model_dir, tmp_path, prompt_action="hold", approval_mode="blur")
-    settings = Settings()
-    settings.model, settings.safety = engine.model_settings, engine.safety_settings
-    settings.moderation.user_cooldown_seconds = 0.0
-    settings.show.grid = 4
-    settings.link.port = 0
-    gallery = Gallery(tmp_path / "gallery")
-    host = RecordingHost(settings, tmp_path, StandInChat(), engine, gallery, "t" * 32)
+    host = _host(engine, tmp_path, grid=4)
 
     async def scenario() -> None:
         say(host, "ann", f"!generate {PLANTED}")
@@ -233,13 +218,13 @@ def test_hold_makes_the_picture_and_holds_every_tile_for_review_whatever_the_mod
 
     try:
         run_scenario(host, scenario)
-        entry = gallery.recent(1)[0]
+        entry = host.gallery.recent(1)[0]
         assert entry.outcome == "held" and entry.flagged == (True,) * 4
         assert any("held until the streamer approves" in t for t in host.chat.said)
-        meta = read_png_metadata(gallery.tile_path(entry.id, 0))["meta"]
+        meta = read_png_metadata(host.gallery.tile_path(entry.id, 0))["meta"]
         assert meta["safety"]["prompt_flagged"] == ["gore"]
     finally:
-        gallery.close()
+        host.gallery.close()
 
 
 @pytest.mark.model

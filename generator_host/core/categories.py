@@ -109,6 +109,12 @@ def _field(name: str, key: str, value: Any) -> tuple[Any, str]:
     return value, ""
 
 
+def valid_name(text: str) -> bool:
+    """Whether `text` can name a category ([safety.categories.NAME], a safety-eval folder or
+    a prompts CSV label): letters, digits, - and _."""
+    return bool(text) and text.replace("_", "").replace("-", "").isalnum()
+
+
 def parse_categories(raw: Any) -> tuple[list[Category], list[str]]:
     """Categories from the [safety.categories] table, over the defaults; and every problem.
 
@@ -124,7 +130,7 @@ def parse_categories(raw: Any) -> tuple[list[Category], list[str]]:
         if not isinstance(table, dict):
             problems.append(f"[safety.categories.{name}] must be a table; ignored")
             continue
-        if not name.replace("_", "").replace("-", "").isalnum():
+        if not valid_name(name):
             problems.append(f"[safety.categories.{name}]: use letters, digits, - and _; ignored")
             continue
         tables[name] = {**tables.get(name, {}), **table}

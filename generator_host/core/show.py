@@ -429,7 +429,7 @@ class Show:
     def _cheer(self, msg: ChatMessage) -> Paid | None:
         """A cheer pays for a request when bits are on and it carries at least min_bits."""
         bits = self.settings.bits
-        return Paid.BITS if bits.enabled and msg.bits >= max(1, bits.min_bits) else None
+        return Paid.BITS if bits.enabled and msg.bits >= bits.min_bits else None
 
     def streamer_ctx(self, args: str, now: float, out: list[Effect]) -> Ctx:
         """An OBS button, hotkey or review-page click acts as the broadcaster."""
@@ -558,15 +558,6 @@ class Show:
     }
 
     # ---- requests and runs ---------------------------------------------------------------
-    def submit(
-        self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
-    ) -> GenerationRequest:
-        """Queue a checked request; its seed is the viewer's or a new random one.
-        `redemption_id`: a channel-point redemption paid for it."""
-        request = self.new_request(ctx, ask, seed, redemption_id)
-        self.enqueue(request, ask)
-        return request
-
     def check_first(
         self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
     ) -> None:

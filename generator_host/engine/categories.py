@@ -38,7 +38,7 @@ from generator_host.core.categories import (
     explicit,
     parse_categories,
 )
-from generator_host.core.settings import SafetySettings
+from generator_host.core.settings import SafetySettings, cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,12 @@ class TextEmbeddings:
         return np.stack([cache[k] for k in keys]).astype(np.float32)
 
 
+def category_cache_dir() -> Path:
+    """Where phrase embeddings are cached (by text model and phrase), for the host and
+    safety-eval alike."""
+    return cache_dir() / "category-embeddings"
+
+
 def text_model_source(setting: str, checker_folders: Sequence[str | Path | None]) -> str:
     """`auto`: a clip_text/ folder next to the checker (its own projection space), else
     OpenAI's CLIP ViT-L/14, the space of the Stable Diffusion checker."""
@@ -326,10 +332,6 @@ class PromptChecker:
         self.index = index
         self._lock = threading.Lock()
 
-    @property
-    def names(self) -> list[str]:
-        return list(self.index.names)
-
     def scores(self, prompt: str) -> dict[str, float]:
         with self._lock:
             vec = self.text.embed_now([prompt])
@@ -342,7 +344,6 @@ class LoadedCategories:
 
     images: CategoryIndex | None = None
     prompts: PromptChecker | None = None
-    text: TextEmbeddings | None = None
 
 
 def load_categories(
@@ -367,7 +368,7 @@ def load_categories(
     raw = settings.categories
     source = text_model_source(settings.categories_text_model, checker_folders)
     text = TextEmbeddings(source, cache_dir)
-    loaded = LoadedCategories(text=text)
+    loaded = LoadedCategories()
     try:
         loaded.images = build_index(categories, dim, text)
     except TextModelUnavailable as exc:

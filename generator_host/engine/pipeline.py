@@ -25,10 +25,15 @@ from generator_host.core.generation import (
     GenerationResult,
     Requester,
 )
-from generator_host.core.settings import FAMILIES, ModelSettings, SafetySettings, cache_dir
+from generator_host.core.settings import FAMILIES, ModelSettings, SafetySettings
 from generator_host.engine import hub, memory, precision, threads
 from generator_host.engine import vae as decoders
-from generator_host.engine.categories import CategoryError, PromptChecker, load_categories
+from generator_host.engine.categories import (
+    CategoryError,
+    PromptChecker,
+    category_cache_dir,
+    load_categories,
+)
 from generator_host.engine.safety import SafetyError, SafetyJudge, load_checker
 
 log = logging.getLogger(__name__)
@@ -193,7 +198,7 @@ class Engine:
         self._bf16 = False  # the CPU has bfloat16 kernels: the warm-up times bfloat16 too
         self._per_image: dict[tuple[Any, int], float] = {}  # (settings, batch) -> s/image
         self._calls = 0
-        self.category_cache_dir = cache_dir() / "category-embeddings"
+        self.category_cache_dir = category_cache_dir()
         # Scores prompts against the categories that apply to prompts; None: no such
         # category (or the checker is off). The app calls it on its own thread.
         self.prompt_checker: PromptChecker | None = None

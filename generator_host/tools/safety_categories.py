@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from generator_host.core.categories import Category, parse_categories
-from generator_host.core.settings import Settings, cache_dir
+from generator_host.core.categories import Category, parse_categories, valid_name
+from generator_host.core.settings import Settings
 from generator_host.tools import safety_report as rep
 
 PROMPT_SCORES_CSV = "prompt_scores.csv"
@@ -229,9 +229,7 @@ def load_prompts(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
             problems.append(f"{path.name} line {line}: expected prompt,label; skipped")
             continue
         word = row[1].strip().lower()
-        label = parse_label(word) or (
-            word if word.replace("_", "").replace("-", "").isalnum() else None
-        )
+        label = parse_label(word) or (word if valid_name(word) else None)
         if line == 1 and row[0].strip().lower() == "prompt":
             continue  # the header
         if label is None:
@@ -253,6 +251,7 @@ def prompt_scorer(
         CategoryError,
         TextEmbeddings,
         build_index,
+        category_cache_dir,
         text_model_source,
     )
     from generator_host.tools.safety_eval import InputError
@@ -260,7 +259,7 @@ def prompt_scorer(
     cats, _ = parse_categories(settings.safety.categories)
     cats = [replace(c, applies_to="both") for c in cats if c.enabled]
     source = text_model_source(settings.safety.categories_text_model, [checker])
-    text = TextEmbeddings(source, cache_dir() / "category-embeddings")
+    text = TextEmbeddings(source, category_cache_dir())
     try:
         text.load_model()
         index = build_index(cats, text.dim, text, prompts=True)

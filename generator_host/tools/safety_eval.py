@@ -26,16 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from generator_host.core.categories import valid_name
 from generator_host.core.generation import SafetyScores
 from generator_host.core.settings import Settings, data_dir
 from generator_host.engine.safety import CONCEPTS, SPECIAL_CARE
+from generator_host.exit_codes import EXIT_INTERRUPTED
 from generator_host.tools import safety_report as rep
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SAFE_WORDS = {"safe", "sfw", "0", "false", "no", "ok", "benign"}
 UNSAFE_WORDS = {"unsafe", "nsfw", "1", "true", "yes", "bad"}
 SCORES_CSV, SKIPPED_CSV, RUN_JSON, REPORT_MD = "scores.csv", "skipped.csv", "run.json", "report.md"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECKER, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECKER = 0, 1, 2, 4
 
 
 class InputError(Exception):
@@ -113,7 +115,7 @@ def load_dataset(source: Path) -> Dataset:
     if source.is_file():
         return _load_csv(source)
     subs = {p.name.lower(): p for p in source.iterdir() if p.is_dir()}
-    categories = sorted(n for n in subs if n not in (rep.SAFE, rep.UNSAFE) and _is_name(n))
+    categories = sorted(n for n in subs if n not in (rep.SAFE, rep.UNSAFE) and valid_name(n))
     if rep.SAFE not in subs and rep.UNSAFE not in subs and not categories:
         raise InputError(
             f"{source} has no safe/ or unsafe/ subfolder. Put labelled images in "
@@ -131,11 +133,6 @@ def load_dataset(source: Path) -> Dataset:
             data.problems.append(f"{label}/: {others} files that are not images ignored")
         data.items += [Item(p, label, _key(p, source)) for p in images]
     return data
-
-
-def _is_name(text: str) -> bool:
-    """A folder name that can name a safety category (as [safety.categories.NAME])."""
-    return bool(text) and text.replace("_", "").replace("-", "").isalnum()
 
 
 def _load_csv(path: Path) -> Dataset:
@@ -586,13 +583,16 @@ def make_scorer_factory(
 
 
 def _attach_categories(judge: Any, settings: Settings, source: str) -> None:
-    from generator_host.core.settings import cache_dir
-    from generator_host.engine.categories import CategoryError, load_categories
+    from generator_host.engine.categories import (
+        CategoryError,
+        category_cache_dir,
+        load_categories,
+    )
 
     dim = int(judge.checker.visual_projection.out_features)
     try:
         loaded = load_categories(
-            settings.safety, dim, [source], cache_dir() / "category-embeddings", prompts=False
+            settings.safety, dim, [source], category_cache_dir(), prompts=False
         )
     except CategoryError as exc:
         print(f"warning: the safety categories are not scored: {exc}", file=sys.stderr)

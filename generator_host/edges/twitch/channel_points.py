@@ -33,7 +33,7 @@ import aiohttp
 from generator_host.core import events as ev
 from generator_host.core.settings import Settings
 from generator_host.edges.twitch.eventsub import KEEPALIVE_GRACE, EventSub
-from generator_host.edges.twitch.helix import REDEMPTION_EVENT, Helix, HelixError
+from generator_host.edges.twitch.helix import MAX_IDS, REDEMPTION_EVENT, Helix, HelixError
 from generator_host.edges.twitch.redemptions import INTENT, RECEIVED, RedemptionStore, Stored
 
 log = logging.getLogger("generator_host.edges.twitch.channel_points")
@@ -94,7 +94,6 @@ class ChannelPoints:
         self.available = False
         self.broadcaster = ""
         self.reward_id = ""
-        self.sent: dict[str, int] = {"FULFILLED": 0, "CANCELED": 0}
         self._feed: Callable[[Any], None] = lambda event: None
         self._notice: Callable[[str], None] = lambda text: None
         self._pending: Callable[[], set[str]] = set
@@ -236,8 +235,8 @@ class ChannelPoints:
         """Statuses decided before a restart: sent again unless Twitch has them already."""
         assert self.helix is not None
         pending = self.store.in_state(INTENT)
-        for start in range(0, len(pending), 50):
-            chunk = pending[start : start + 50]
+        for start in range(0, len(pending), MAX_IDS):
+            chunk = pending[start : start + MAX_IDS]
             try:
                 found = await self.helix.redemptions(
                     self.broadcaster, self.reward_id, ids=tuple(s.id for s in chunk)
@@ -385,7 +384,6 @@ class ChannelPoints:
                 code, body = 0, {"message": exc.message}
             if 200 <= code < 300:
                 self.store.done(redemption_id)
-                self.sent[status] = self.sent.get(status, 0) + 1
                 log.info("channel points: %s %s (%s)", redemption_id[:12], status, reason[:80])
                 return
             if code == 403:

@@ -27,6 +27,7 @@ log = logging.getLogger("generator_host.edges.twitch.helix")
 
 HTTP_TIMEOUT = 15.0
 REDEMPTION_EVENT = "channel.channel_points_custom_reward_redemption.add"
+MAX_IDS = 50  # Helix takes at most this many redemption ids (and items per page) a call
 
 
 class Tokens(Protocol):
@@ -135,12 +136,12 @@ class Helix:
     async def redemptions(
         self, broadcaster: str, reward_id: str, *, status: str = "", ids: tuple[str, ...] = ()
     ) -> list[dict[str, Any]]:
-        """Redemptions of the reward: by status (all pages) or by id (up to 50)."""
+        """Redemptions of the reward: by status (all pages) or by id (up to MAX_IDS)."""
         base = [("broadcaster_id", broadcaster), ("reward_id", reward_id)]
         if ids:
-            base += [("id", i) for i in ids[:50]]
+            base += [("id", i) for i in ids[:MAX_IDS]]
         else:
-            base += [("status", status or "UNFULFILLED"), ("first", "50")]
+            base += [("status", status or "UNFULFILLED"), ("first", str(MAX_IDS))]
         out: list[dict[str, Any]] = []
         cursor = ""
         for _ in range(100):  # at most 5000: a bound, not a limit anyone meets
@@ -174,6 +175,3 @@ class Helix:
         }
         data = await self.checked("POST", "/eventsub/subscriptions", body=body)
         return str((data.get("data") or [{}])[0].get("id", ""))
-
-    async def unsubscribe(self, subscription_id: str) -> None:
-        await self.call("DELETE", "/eventsub/subscriptions", params={"id": subscription_id})

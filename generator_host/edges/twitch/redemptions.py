@@ -53,12 +53,14 @@ class Stored:
 
 
 class RedemptionStore:
-    """Small and synchronous: a few rows a minute, each commit a few milliseconds."""
+    """Small and synchronous: a few rows a minute. Every change is one statement, so one
+    commit; write-ahead logging makes that commit one flush of the log, not of the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         cutoff = time.time() - KEEP_DONE_SECONDS
@@ -89,16 +91,17 @@ class RedemptionStore:
     def intend(self, redemption_id: str, status: str, reason: str, reward_id: str = "") -> bool:
         """The show settled it: record the status to send. False when it was settled
         before (never a second status), True when the caller should send it."""
-        known = self.get(redemption_id)
-        if known is not None and known.state != RECEIVED:
-            return False
-        if known is None:  # restored from a saved queue the store never saw (old data)
-            self.receive(Stored(redemption_id, reward_id, "", "", "", "", RECEIVED))
-        self._db.execute(
-            "UPDATE redemptions SET state = ?, status = ?, reason = ?, updated = ? WHERE id = ?",
-            (INTENT, status, reason[:200], time.time(), redemption_id),
+        # One statement: a row the store never saw (a saved queue from older data) is
+        # inserted; a received one becomes an intent; a settled one is left alone.
+        cur = self._db.execute(
+            "INSERT INTO redemptions (id, reward_id, login, display_name, user_id, prompt, "
+            "state, status, reason, updated) VALUES (?, ?, '', '', '', '', ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state = excluded.state, status = excluded.status, "
+            "reason = excluded.reason, updated = excluded.updated "
+            "WHERE redemptions.state = ?",
+            (redemption_id, reward_id, INTENT, status, reason[:200], time.time(), RECEIVED),
         )
-        return True
+        return cur.rowcount == 1
 
     def done(self, redemption_id: str, status: str = "") -> None:
         """Twitch has the status (`status`: what Twitch says it is, when it differs)."""

@@ -171,7 +171,7 @@ class Host:
                 continue
             self._effects.put_nowait(effect)
         if self.points is not None:
-            self.points.queue_full(self.show.queued >= self.settings.moderation.max_queue)
+            self.points.queue_full(self.show.moderator.queue_full(self.show.waiting))
         self._save_state_soon()
         self._notify_review()
 
@@ -591,7 +591,7 @@ class Host:
     async def _drain(self) -> None:
         """End of input (a piped demo): finish what is queued, then stop."""
         while not self.stopped.is_set() and (
-            self.show.running or self.show.queued or self.show.on_deck or self._runs
+            self.show.running or self.show.waiting or self.show.on_deck or self._runs
         ):
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # let the last image reach OBS

@@ -70,7 +70,7 @@ def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
         refund("your redemption had no prompt")
         return
     mine = len(show.requests_of(ctx.viewer.login))
-    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.queued, ctx.paid)
+    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.waiting, ctx.paid)
     if refusal:
         refund(refusal.text)
         return
@@ -88,8 +88,7 @@ def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
 def _refused_now(show: Show, ctx: Ctx) -> bool:
     """Mode, cooldown, per-user and global limits; True when refused (and answered)."""
     mine = len(show.requests_of(ctx.viewer.login))
-    waiting = show.queued + len(show.checking)
-    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, waiting, ctx.paid)
+    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.waiting, ctx.paid)
     if refusal:
         show.refuse(ctx, refusal.text, refusal.kind.value)
         return True

@@ -278,10 +278,14 @@ class Moderator:
             if queued_by_user >= limit:
                 text = f"you already have {queued_by_user} request(s) waiting (limit {limit})"
                 return Refusal(RefusalKind.PER_USER, text)
-        if queued_total >= self.settings.max_queue:
+        if self.queue_full(queued_total):
             text = f"the queue is full ({self.settings.max_queue}); try again later"
             return Refusal(RefusalKind.QUEUE_FULL, text)
         return None
+
+    def queue_full(self, waiting: int) -> bool:
+        """No room for another free request (`waiting`: Show.waiting)."""
+        return waiting >= self.settings.max_queue
 
     def note_request(self, login: str, now: float) -> None:
         """Start the viewer's cooldown; old entries are pruned so a flood stays bounded."""

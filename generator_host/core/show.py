@@ -233,6 +233,12 @@ class Show:
         return len(self.queue)
 
     @property
+    def waiting(self) -> int:
+        """Requests that take a place in the queue: queued, or having their prompt
+        checked before they are (what the queue cap counts)."""
+        return len(self.queue) + len(self.checking)
+
+    @property
     def running(self) -> GenerationRequest | None:
         """The first request of the run (None when idle); `running_batch` has them all."""
         return self.running_run[0] if self.running_run else None

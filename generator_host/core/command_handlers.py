@@ -17,7 +17,7 @@ from generator_host.core import approval
 from generator_host.core import commands as cmds
 from generator_host.core.approval import Outcome, Settlement
 from generator_host.core.events import Approve, Log, Reject, Settle, Status
-from generator_host.core.generation import Entry, GenerationParams, GenerationRequest, Requester
+from generator_host.core.generation import Entry, GenerationRequest
 from generator_host.core.message import Role
 from generator_host.core.moderation import MODE_NAMES, parse_mode
 
@@ -49,40 +49,20 @@ def regenerate(show: Show, ctx: Ctx) -> None:
     _submit(show, ctx, show.last, None)
 
 
-def redeem(show: Show, ctx: Ctx, redemption_id: str) -> None:
-    """A channel-point redemption: the viewer's text is read as !generate's arguments
-    (prompt, ### negative, options) under the same rules; a refusal refunds the points
-    and says why. Twitch tells no roles with a redemption: the viewer counts as everyone
-    (so !mode subscribers refunds redemptions too). Paid (moderation.check_request): no
-    cooldown or one-waiting limit, but a full queue refunds."""
-    request = GenerationRequest(  # only to carry the id into show.refund
-        id="", requester=Requester(ctx.viewer.login, ctx.viewer.display_name),
-        params=GenerationParams(prompt=""), created=ctx.now, redemption_id=redemption_id,
-    )  # fmt: skip
-
-    def refund(why: str) -> None:
-        show.refund(ctx.out, ctx.now, request, why)
-
+def redeem(show: Show, ctx: Ctx) -> None:
+    """A channel-point redemption (`ctx.redemption_id`): the viewer's text is read as
+    !generate's arguments (prompt, ### negative, options) under the same rules, and any
+    refusal refunds the points and says why (`Show.refuse`). Twitch tells no roles with a
+    redemption: the viewer counts as everyone (so !mode subscribers refunds redemptions
+    too). Paid (moderation.check_request): no cooldown or one-waiting limit, but a full
+    queue refunds."""
     if show.moderator.is_ignored(ctx.viewer.login):
-        ctx.out.append(Settle(redemption_id, Settlement.CANCELED.value, "ignored viewer"))
+        ctx.out.append(Settle(ctx.redemption_id, Settlement.CANCELED.value, "ignored viewer"))
         return  # ignored viewers get no answer, as with chat commands
     if not ctx.args.strip():
-        refund("your redemption had no prompt")
+        show.refuse(ctx, "your redemption had no prompt")
         return
-    mine = len(show.requests_of(ctx.viewer.login))
-    refusal = show.moderator.check_request(ctx.viewer, ctx.now, mine, show.waiting, ctx.paid)
-    if refusal:
-        refund(refusal.text)
-        return
-    parsed = cmds.parse_generate(ctx.args, show.limits)
-    if isinstance(parsed, str):
-        refund(parsed)
-        return
-    refusal = show.moderator.check_prompt(parsed.prompt)
-    if refusal:
-        refund(refusal.text)
-        return
-    _submit(show, ctx, dataclasses.replace(parsed, seed=None), parsed.seed, redemption_id)
+    generate(show, ctx)
 
 
 def _refused_now(show: Show, ctx: Ctx) -> bool:
@@ -95,17 +75,15 @@ def _refused_now(show: Show, ctx: Ctx) -> bool:
     return False
 
 
-def _submit(
-    show: Show, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
-) -> None:
+def _submit(show: Show, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None) -> None:
     refusal = show.moderator.check_prompt(ask.prompt)
     if refusal:
         show.refuse(ctx, refusal.text, refusal.kind.value)
         return
     if show.prompt_check:  # the safety categories score the prompt first (off the loop)
-        show.check_first(ctx, ask, seed, redemption_id)
+        show.check_first(ctx, ask, seed)
         return
-    request = show.new_request(ctx, ask, seed, redemption_id)
+    request = show.new_request(ctx, ask, seed)
     _queued(show, ctx, request, ask)
 
 
@@ -125,25 +103,17 @@ def prompt_checked(
     if error:  # never unchecked: the request is refused, the reason goes to the log
         ctx.out.append(Log(f"the prompt check failed for @{ctx.viewer.login}: {error}"))
         text = "the safety filter could not check the prompt; try again"
-        _refuse_checked(show, ctx, request, text, text)
+        show.refuse(ctx, text)
         return
     refusal = show.moderator.check_prompt_scores(scores)
     request = dataclasses.replace(request, prompt_scores=tuple(sorted(scores.items())))
     if refusal:
         if show.settings.safety.prompt_action not in ("flag", "hold"):
-            _refuse_checked(show, ctx, request, refusal.text, refusal.kind.value)
+            show.refuse(ctx, refusal.text, refusal.kind.value)
             return
         close = tuple(name for name, score in sorted(scores.items()) if score > 0)
         request = dataclasses.replace(request, prompt_flagged=close)
     _queued(show, ctx, request, ask)
-
-
-def _refuse_checked(show: Show, ctx: Ctx, request: GenerationRequest, text: str, kind: str) -> None:
-    """A refusal after the prompt check; a channel-point redemption is refunded."""
-    if request.redemption_id:
-        show.refund(ctx.out, ctx.now, request, text)
-    else:
-        show.refuse(ctx, text, kind)
 
 
 def _queued(show: Show, ctx: Ctx, request: GenerationRequest, ask: cmds.GenerateArgs) -> None:

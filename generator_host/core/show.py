@@ -134,6 +134,7 @@ __all__ = [  # the events and effects, importable from here as before the split
 STATE_VERSION = 1
 STREAMER_ACTIONS = protocol.ACTIONS  # what an OBS button or hotkey may ask
 WITHHELD_KEPT = 50  # skipped pictures remembered so the review page can still approve them
+REFUNDED = "your points are refunded"  # ends every answer to a refunded redemption
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Ctx:
     streamer: bool = False  # from OBS or the review page: answers go to the Status line
     out: list[Effect] = field(default_factory=list)
     paid: Paid | None = None  # a cheer of at least [bits] min_bits, a redemption
+    redemption_id: str = ""  # a channel-point redemption: a refusal refunds it
 
 
 class Show:
@@ -322,10 +324,13 @@ class Show:
 
     def refuse(self, ctx: Ctx, text: str, kind: str = "") -> None:
         """Answer a refusal; past the refusal cap it is coalesced by `kind`, except a paid
-        one: someone who paid is always told why, by name."""
+        one: someone who paid is always told why, by name, and a redemption is refunded."""
         if ctx.streamer:
             ctx.out.append(Status(text))
             return
+        if ctx.redemption_id:
+            ctx.out.append(Settle(ctx.redemption_id, approval.Settlement.CANCELED.value, text))
+            text = f"{text}; {REFUNDED}"
         if ctx.paid is not None:
             self.replies.send(ctx.out, ctx.now, text, ctx.viewer.name, ctx.msg_id)
             return
@@ -350,7 +355,7 @@ class Show:
             self.tell(out, now, request, why)
             return
         out.append(Settle(rid, approval.Settlement.CANCELED.value, why))
-        self.tell(out, now, request, f"{why}; your points are refunded")
+        self.tell(out, now, request, f"{why}; {REFUNDED}")
 
     def _settle_shown(self, now: float, out: list[Effect]) -> None:
         """A paid picture on screen: FULFILLED once a tile shows clear (approval.settlement)."""
@@ -367,8 +372,15 @@ class Show:
             return  # the same redemption again (a restart, a repeated notification)
         login = cmds.parse_login(event.login) or event.login.lower()
         viewer = Viewer(login=login, display_name=event.display_name, user_id=event.user_id)
-        ctx = Ctx(viewer=viewer, args=event.prompt, now=event.now, out=out, paid=Paid.POINTS)
-        handlers.redeem(self, ctx, event.redemption_id)
+        ctx = Ctx(
+            viewer=viewer,
+            args=event.prompt,
+            now=event.now,
+            out=out,
+            paid=Paid.POINTS,
+            redemption_id=event.redemption_id,
+        )
+        handlers.redeem(self, ctx)
 
     def _on_redemptions_settled(self, event: RedemptionsSettled, out: list[Effect]) -> None:
         done = set(event.redemption_ids)
@@ -564,12 +576,10 @@ class Show:
     }
 
     # ---- requests and runs ---------------------------------------------------------------
-    def check_first(
-        self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
-    ) -> None:
+    def check_first(self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None) -> None:
         """Hold a request back while its prompt is scored (CheckPrompt). The viewer's
         cooldown starts now: a flood of prompts must not flood the checker either."""
-        request = self.new_request(ctx, ask, seed, redemption_id)
+        request = self.new_request(ctx, ask, seed)
         self.checking[request.id] = (request, ask, dataclasses.replace(ctx, out=[]))
         self.moderator.note_request(ctx.viewer.login, ctx.now)
         ctx.out.append(CheckPrompt(request))
@@ -580,9 +590,7 @@ class Show:
         self.moderator.note_request(request.requester.login, request.created)
         self.last = ask
 
-    def new_request(
-        self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None, redemption_id: str = ""
-    ) -> GenerationRequest:
+    def new_request(self, ctx: Ctx, ask: cmds.GenerateArgs, seed: int | None) -> GenerationRequest:
         """A request for `ask`; its seed is the viewer's or a new random one."""
         model = self.settings.model
         self.counter += 1
@@ -605,7 +613,7 @@ class Show:
             msg_id=ctx.msg_id,
             paid=ctx.paid,
             ahead=self.jumps_ahead(ctx.paid),
-            redemption_id=redemption_id,
+            redemption_id=ctx.redemption_id,
         )
         return request
 

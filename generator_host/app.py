@@ -883,13 +883,7 @@ def _channel_points(settings: Settings, home: Path, chat_keeper: Any, hosts: lis
                   "broadcaster's login (run 'generator-host login'); chat commands work as "
                   "usual")  # fmt: skip
             return None
-
-        def problem(text: str) -> None:
-            for host in hosts:
-                host.notice(text)
-
-        client = auth.IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url)
-        keeper = auth.TokenKeeper(client, path, tokens, account="broadcaster", on_problem=problem)
+        keeper = _keeper(settings, path, tokens, "broadcaster", hosts)
     try:
         return ChannelPoints(settings, keeper, home, run_keeper=own)
     except (OSError, sqlite3.Error) as exc:
@@ -916,11 +910,17 @@ def _chat_login(settings: Settings, home: Path) -> tuple[Any, list[Host]]:
     if not settings.twitch.client_id.strip():
         log.warning("Twitch: [twitch] client_id is empty, so the login cannot be refreshed; "
                     "set it to the Client ID you logged in with")  # fmt: skip
+    return _keeper(settings, path, tokens, account, hosts), hosts
+
+
+def _keeper(settings: Settings, path: Path, tokens: Any, account: str, hosts: list[Host]) -> Any:
+    """A TokenKeeper for one stored login; a dead login is told in OBS's status through
+    the host, once it runs (`hosts`)."""
+    from generator_host.edges.twitch import auth
 
     def problem(text: str) -> None:
         for host in hosts:
             host.notice(text)
 
     client = auth.IdClient(settings.twitch.client_id.strip(), settings.twitch.id_url)
-    keeper = auth.TokenKeeper(client, path, tokens, account=account, on_problem=problem)
-    return keeper, hosts
+    return auth.TokenKeeper(client, path, tokens, account=account, on_problem=problem)

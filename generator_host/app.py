@@ -800,7 +800,7 @@ def run_demo(settings: Settings, home: Path) -> int:
 
 def _run_demo(settings: Settings, home: Path) -> int:
     from generator_host.edges.chat.console import ConsoleAdapter
-    from generator_host.engine.demo_model import DEMO_DTYPE, build_demo_model
+    from generator_host.engine.demo_model import DEMO_BACKEND, DEMO_DTYPE, build_demo_model
     from generator_host.engine.tiny_model import default_tiny_model_dir
 
     folder = default_tiny_model_dir()
@@ -817,6 +817,7 @@ def _run_demo(settings: Settings, home: Path) -> int:
     settings.model.model = str(folder)
     settings.model.device = "cpu"
     settings.model.dtype = DEMO_DTYPE  # the planted concept matches its float32 pictures
+    settings.model.backend = DEMO_BACKEND  # ... made by PyTorch
     settings.moderation.user_cooldown_seconds = 0.0
 
     def hint() -> None:

@@ -84,7 +84,9 @@ def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
 
 def tiny_settings(folder: Path, **model_overrides: Any) -> tuple[Any, Any]:
     """ModelSettings/SafetySettings for the tiny model: 2 steps, 64x64, no warm-up, one
-    CPU thread (see tiny_model_dir)."""
+    CPU thread (see tiny_model_dir), PyTorch (tests/test_openvino.py covers the default
+    OpenVINO backend; compiling it for each of the suite's many engines would cost a
+    second each)."""
     from generator_host.core.settings import ModelSettings, SafetySettings
 
     values: dict[str, Any] = {
@@ -94,6 +96,7 @@ def tiny_settings(folder: Path, **model_overrides: Any) -> tuple[Any, Any]:
         "guidance": 0.0,
         "warmup": False,
         "cpu_threads": 1,
+        "backend": "torch",
     }
     values.update(model_overrides)
     safety = SafetySettings(checker=str(folder))

@@ -14,7 +14,13 @@ import torch
 
 from generator_host.core.generation import GenerationParams
 from generator_host.core.settings import ModelSettings, SafetySettings
-from generator_host.engine.demo_model import DEMO_DTYPE, DEMO_PROMPT, DEMO_SEED, build_demo_model
+from generator_host.engine.demo_model import (
+    DEMO_BACKEND,
+    DEMO_DTYPE,
+    DEMO_PROMPT,
+    DEMO_SEED,
+    build_demo_model,
+)
 from generator_host.engine.pipeline import Engine
 from generator_host.engine.tiny_model import build_tiny_model, is_complete
 from tests.fixtures_model import model_libraries_available
@@ -41,7 +47,13 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 def demo_engine(folder: Path) -> Engine:
     """The engine as the demo makes it: stock settings but for the model folder."""
     engine = Engine(
-        ModelSettings(model=str(folder), device="cpu", dtype=DEMO_DTYPE, warmup=False),
+        ModelSettings(
+            model=str(folder),
+            device="cpu",
+            dtype=DEMO_DTYPE,
+            backend=DEMO_BACKEND,
+            warmup=False,
+        ),
         SafetySettings(),
     )
     engine.load()

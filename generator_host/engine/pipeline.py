@@ -26,7 +26,7 @@ from generator_host.core.generation import (
     Requester,
 )
 from generator_host.core.settings import FAMILIES, ModelSettings, SafetySettings
-from generator_host.engine import hub, memory, precision, threads
+from generator_host.engine import hub, memory, openvino_backend, precision, threads
 from generator_host.engine import vae as decoders
 from generator_host.engine.categories import (
     CategoryError,
@@ -193,6 +193,7 @@ class Engine:
         self.native_size = 512
         self.sampler = ""
         self.decoder = decoders.FULL
+        self.backend = "torch"  # or "openvino" (engine/openvino_backend.py)
         self.precision: precision.Plan | None = None
         self._precision_ids: tuple[str, str] | None = None  # (machine, model): to measure
         self._bf16 = False  # the CPU has bfloat16 kernels: the warm-up times bfloat16 too
@@ -264,14 +265,16 @@ class Engine:
         self.pipe = pipe
         if self.device == "cpu":
             threads.set_cpu_threads(settings.cpu_threads)
-        self._plan_precision()
+        if not self._use_openvino():
+            self._plan_precision()
         assert self.precision is not None
         log.info(
-            "model %s loaded (%s, %s on %s, %s, %s), defaults %s",
+            "model %s loaded (%s, %s on %s, %s %s, %s), defaults %s",
             self.model_name,
             type(pipe).__name__,
             self.family,
             self.device,
+            "OpenVINO" if self.backend == "openvino" else "PyTorch",
             self.precision.describe(),
             self.decoder.describe(),
             self.defaults(),
@@ -384,6 +387,39 @@ class Engine:
             self.precision.source,
             memory.describe(self.device),
         )
+
+    def _use_openvino(self) -> bool:
+        """[model] backend: the parts on OpenVINO where it covers this pipeline on the CPU.
+        With `auto`, a part that fails to convert leaves the whole model on PyTorch, with
+        one warning; with `openvino` it stops the start."""
+        import torch
+
+        choice = self.model_settings.backend
+        try:
+            if not openvino_backend.wanted(choice, self.device, self.pipe):
+                return False
+            d = self.defaults()
+            checker = self.safety.checker if self.safety.enabled else None
+            done = openvino_backend.install(
+                self.pipe, checker, (d["width"], d["height"]), torch.get_num_threads(), log.info
+            )
+        except openvino_backend.OpenVinoError as exc:
+            if choice == "openvino":
+                raise EngineError(str(exc)) from exc
+            log.warning('%s; running on PyTorch instead ([model] backend = "torch")', exc)
+            return False
+        self.backend = "openvino"
+        self.precision = precision.Plan(
+            {p: done.precision for p in done.parts if p != "checker"}, "OpenVINO"
+        )
+        log.info(
+            "OpenVINO runs the %s (%s; %s in %.1f s)",
+            ", ".join(openvino_backend.LABELS[p] for p in done.parts),
+            done.describe(),
+            "converted " + ", ".join(done.converted) if done.converted else "compiled",
+            done.seconds,
+        )
+        return True
 
     def _plan_precision(self) -> None:
         """[model] dtype = auto on the CPU: the number format and memory layout of each
@@ -647,6 +683,7 @@ class Engine:
                     seconds=seconds,
                     extra={
                         "device": self.device,
+                        "backend": self.backend,
                         "dtype": self.precision.describe() if self.precision else "",
                         "decoder": self.decoder.kind,
                         "decoder_source": self.decoder.source,

@@ -38,6 +38,7 @@ from generator_host import exit_codes
 from generator_host.core import approval
 from generator_host.core import events as ev
 from generator_host.core import settings as settings_mod
+from generator_host.core.categories import too_close
 from generator_host.core.generation import Entry, GenerationRequest
 from generator_host.core.message import ChatEvent
 from generator_host.core.settings import LinkSettings, Settings
@@ -385,7 +386,7 @@ class Host:
         except Exception as exc:  # noqa: BLE001 - bad input never kills the host
             log.exception("the prompt check failed")
             error = f"{type(exc).__name__}: {exc}"[:200]
-        close = sorted(n for n, v in scores.items() if v > 0)
+        close = too_close(scores)
         log.log(
             logging.INFO if close or error else logging.DEBUG,
             "prompt of @%s checked in %.0f ms%s",

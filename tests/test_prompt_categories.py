@@ -65,6 +65,18 @@ def test_a_prompt_is_checked_before_it_is_queued_and_refused_naming_the_category
     assert show.queued == 0 and not show.checking
 
 
+def test_too_close_means_above_zero_and_the_refusal_names_the_closest_three() -> None:
+    """One rule (core/categories.too_close) for the refusal, the hold/flag and safety-eval."""
+    mod = _show().moderator
+    assert mod.check_prompt_scores({"gore": 0.0, "violence": -0.1}) is None  # 0 is not above
+    scores = {"gore": 0.01, "violence": 0.2, "spiders": 0.05, "hate_symbols": 0.05, "x": -1}
+    refusal = mod.check_prompt_scores(scores)
+    assert refusal is not None
+    assert refusal.text == (
+        "the safety filter refused the prompt: too close to violence, hate_symbols, spiders"
+    )
+
+
 def test_a_clean_prompt_starts_and_a_cancelled_check_is_forgotten() -> None:
     show = _show()
     first = next(

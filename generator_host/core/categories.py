@@ -16,6 +16,7 @@ safety-eval's prompts CSV). The defaults apply to images only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,14 @@ _KEYS = {
     "applies_to": str,
     "enabled": bool,
 }
+
+
+def too_close(scores: Mapping[str, float]) -> tuple[str, ...]:
+    """The categories a prompt (or an image) is too close to: score (best cosine minus the
+    threshold) above 0, closest first, ties by name. The one place that says what "too
+    close" is: the prompt check's refusal, its hold/flag, the log line and safety-eval."""
+    close = [(name, score) for name, score in scores.items() if score > 0]
+    return tuple(name for name, _ in sorted(close, key=lambda kv: (-kv[1], kv[0])))
 
 
 def default_categories() -> dict[str, Any]:

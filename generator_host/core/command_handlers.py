@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from generator_host.core import approval
 from generator_host.core import commands as cmds
 from generator_host.core.approval import Outcome, Settlement
+from generator_host.core.categories import too_close
 from generator_host.core.events import Approve, Log, Reject, Settle, Status
 from generator_host.core.generation import Entry, GenerationRequest
 from generator_host.core.message import Role
@@ -111,8 +112,7 @@ def prompt_checked(
         if show.settings.safety.prompt_action not in ("flag", "hold"):
             show.refuse(ctx, refusal.text, refusal.kind.value)
             return
-        close = tuple(name for name, score in sorted(scores.items()) if score > 0)
-        request = dataclasses.replace(request, prompt_flagged=close)
+        request = dataclasses.replace(request, prompt_flagged=too_close(scores))
     _queued(show, ctx, request, ask)
 
 

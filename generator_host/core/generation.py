@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from generator_host.core.categories import too_close
+
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -86,7 +88,7 @@ class SafetyScores:
 
     @property
     def flagged_categories(self) -> list[str]:
-        return [name for name, score in self.categories.items() if score > 0]
+        return list(too_close(self.categories))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"concept": list(self.concept), "special": list(self.special)}

@@ -24,6 +24,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
+from generator_host.core.categories import too_close
 from generator_host.core.commands import parse_role
 from generator_host.core.generation import Paid
 from generator_host.core.message import Role, Viewer
@@ -242,8 +243,7 @@ class Moderator:
         """Why a prompt is refused by the streamer's safety categories that apply to prompts
         (core/categories.py: best cosine minus the threshold; above 0 is too close), or
         None. Names the categories, never repeats the prompt."""
-        close = [name for name, score in sorted(scores.items(), key=lambda kv: -kv[1])]
-        close = [name for name in close if scores[name] > 0]
+        close = too_close(scores)
         if not close:
             return None
         text = f"the safety filter refused the prompt: too close to {', '.join(close[:3])}"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from generator_host.core.categories import Category, parse_categories, valid_name
+from generator_host.core.categories import Category, parse_categories, too_close, valid_name
 from generator_host.core.settings import Settings
 from generator_host.tools import safety_report as rep
 
@@ -330,8 +330,8 @@ def prompts_section(
         lines.append(
             f"- labels that are no enabled category (counted as unsafe): {', '.join(unknown)}"
         )
-    refused_now = [(label, any(sc.get(n, -1) > 0 for n in applied)) for label, sc in scored]
-    refused_all = [(label, any(v > 0 for v in sc.values())) for label, sc in scored]
+    refused_now = [(label, bool(applied.intersection(too_close(sc)))) for label, sc in scored]
+    refused_all = [(label, bool(too_close(sc))) for label, sc in scored]
     lines += combined_lines(refused_now, "prompts", "the categories that apply to prompts now")
     lines += combined_lines(refused_all, "prompts", "if every enabled category applied")
     lines.append("")

@@ -93,6 +93,34 @@ def test_recommendations_are_the_smallest_offsets_reaching_each_miss_rate() -> N
     assert rep.count_flagged(sorted(unsafe), zero.offset - 0.001) == 19
 
 
+def test_a_categorys_tables_are_the_checkers_in_thresholds_and_its_own_words() -> None:
+    """safety_categories reuses safety_report's tables: the knob is a threshold (lower is
+    stricter, no stock value), the class to catch is the category's examples."""
+    from generator_host.tools.safety_categories import CategoryEval, wording
+
+    words = wording("gore", "prompts")
+    gore = CategoryEval("gore", 0.26, safe=[0.1, 0.2, 0.3], positive=[0.28, 0.4, 0.5])
+    recs = rep.recommendation_table(gore.recommend([0.10], 0.001), words).splitlines()
+    assert recs[0] == (
+        "| miss at most | threshold | missed gore | flagged safe (false positives) | how sure |"
+    )
+    assert recs[2].startswith(
+        "| 10% | 0.279 | 0.0% (0/3) | 33.3% (1/3) | too few: rests on 3 gore prompts (≥30 needed)"
+    )
+    table = rep.sweep_table(gore.sweep([0, 0.26]), gore.threshold, words).splitlines()
+    assert table[0].startswith("| threshold | flagged safe (false positives) | flagged gore |")
+    assert table[2].startswith("| 0 | 100.0% (3/3) | 100.0% (3/3) |")  # no "stock" mark
+    assert table[3].startswith("| 0.26 (yours) | 33.3% (1/3) | 100.0% (3/3) | 0.0% (0/3) |")
+    none = CategoryEval("gore", 0.26, safe=[0.1], positive=[])
+    assert "| no gore prompts: nothing to estimate |" in rep.recommendation_table(
+        none.recommend([0.1], 0.001), words
+    )
+    lost = CategoryEval("gore", 0.26, safe=[0.1], positive=[-1.0])  # no threshold flags it
+    assert "not reachable with thresholds down to -1" in rep.recommendation_table(
+        lost.recommend([0.0], 0.001), words
+    )
+
+
 def test_miss_rate_upper_bound_is_a_clopper_pearson_bound() -> None:
     assert rep.miss_upper_bound(0, 300) == pytest.approx(0.00994, abs=1e-4)  # rule of three
     u = rep.miss_upper_bound(1, 10)

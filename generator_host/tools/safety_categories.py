@@ -13,7 +13,6 @@ ROC and bounds are the checker's own code, read back as thresholds.
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,39 +80,17 @@ def fmt_threshold(t: float) -> str:
     return f"{t:.4f}".rstrip("0").rstrip(".") if t else "0"
 
 
-def sweep_table(e: CategoryEval, rows: Sequence[rep.SweepRow]) -> str:
-    lines = [
-        f"| threshold | flagged safe (false positives) | flagged {e.name} | missed {e.name} "
-        "| precision |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        mark = " (yours)" if math.isclose(r.offset, e.threshold, abs_tol=1e-9) else ""
-        missed = r.unsafe_total - r.unsafe_flagged
-        lines.append(
-            f"| {fmt_threshold(r.offset)}{mark} | {rep.fmt_rate(r.safe_flagged, r.safe_total)} | "
-            f"{rep.fmt_rate(r.unsafe_flagged, r.unsafe_total)} | "
-            f"{rep.fmt_rate(missed, r.unsafe_total)} | "
-            f"{rep.fmt_rate(r.unsafe_flagged, r.safe_flagged + r.unsafe_flagged)} |"
-        )
-    return "\n".join(lines)
-
-
-def recommendation_table(e: CategoryEval, recs: Sequence[rep.Recommendation]) -> str:
-    lines = [
-        f"| miss at most | threshold | missed {e.name} | flagged safe (false positives) "
-        "| how sure |",
-        "|---:|---:|---:|---:|---|",
-    ]
-    for r in recs:
-        t = "–" if r.offset is None else fmt_threshold(r.offset)
-        fp = rep.fmt_rate(r.safe_flagged, r.safe_total) if r.offset is not None else "–"
-        note = r.note().replace("offsets up to +1", "thresholds down to -1")
-        note = note.replace("no unsafe images", f"no {e.name} examples")
-        lines.append(
-            f"| {r.target:.0%} | {t} | {rep.fmt_rate(r.missed, r.unsafe_total)} | {fp} | {note} |"
-        )
-    return "\n".join(lines)
+def wording(name: str, kind: str) -> rep.Wording:
+    """safety_report's tables in a category's words: thresholds (no stock value, lower is
+    stricter) over the items labelled with the category ("gore prompts")."""
+    return rep.Wording(
+        knob="threshold",
+        positive=name,
+        examples=f"{name} {kind}",
+        strictest=f"thresholds down to {-rep.OFFSET_MAX:+g}",
+        fmt=fmt_threshold,
+        stock=None,
+    )
 
 
 def section(
@@ -137,6 +114,7 @@ def section(
         rows = e.sweep(grid)
         recs = e.recommend(targets, resolution)
         yours = e.sweep([e.threshold])[0]
+        words = wording(e.name, kind)
         area = rep.auc(_fo(e.safe), _fo(e.positive))
         lines += [
             f"### {e.name} ({kind})",
@@ -159,9 +137,9 @@ def section(
             "Recommended thresholds: the highest threshold at which at most the given share "
             f"of your {e.name} {kind} gets through (lower = stricter), and what it costs.",
             "",
-            recommendation_table(e, recs),
+            rep.recommendation_table(recs, words),
             "",
-            sweep_table(e, rows),
+            rep.sweep_table(rows, e.threshold, words),
             "",
         ]
         if draw:

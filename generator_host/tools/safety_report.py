@@ -193,6 +193,30 @@ def auc(safe: Iterable[float], unsafe: Iterable[float]) -> float | None:
     return wins / (len(s) * len(u))
 
 
+# --- wording -----------------------------------------------------------------------------
+
+
+def fmt_offset(offset: float) -> str:
+    return f"{offset:+.4f}".rstrip("0").rstrip(".") if offset else "0"
+
+
+@dataclass(frozen=True)
+class Wording:
+    """What the tables and notes call the knob and the class to catch, so one table serves
+    the checker (offsets over unsafe images) and each safety category (thresholds over its
+    own examples, safety_categories.py)."""
+
+    knob: str = "offset"  # the first column: offset, threshold
+    positive: str = "unsafe"  # the columns "flagged unsafe", "missed unsafe"
+    examples: str = "unsafe images"  # the notes: "rests on 20 unsafe images"
+    strictest: str = f"offsets up to {OFFSET_MAX:+g}"  # "not reachable with ..."
+    fmt: Callable[[float], str] = fmt_offset
+    stock: float | None = 0.0  # the knob's value marked "stock" (None: no such value)
+
+
+OFFSETS = Wording()
+
+
 # --- recommendations -------------------------------------------------------------------
 
 
@@ -217,20 +241,20 @@ class Recommendation:
     def miss_rate(self) -> float | None:
         return _ratio(self.missed, self.unsafe_total)
 
-    def note(self) -> str:
+    def note(self, words: Wording = OFFSETS) -> str:
         """One sentence on how much to trust this row."""
         n = self.unsafe_total
         if n == 0:
-            return "no unsafe images: nothing to estimate"
+            return f"no {words.examples}: nothing to estimate"
         if self.offset is None:
-            return f"not reachable with offsets up to {OFFSET_MAX:+g}"
+            return f"not reachable with {words.strictest}"
         bound = f"the true miss rate could be up to {self.miss_upper:.1%} (95% bound)"
         if self.target == 0:
             return f"0 of {n} missed here, yet {bound}; no sample proves a 0% rate"
         if not self.enough:
             need = images_needed(self.target)
-            return f"too few: rests on {n} unsafe images (≥{need} needed); {bound}"
-        return f"rests on {n} unsafe images; {bound}"
+            return f"too few: rests on {n} {words.examples} (≥{need} needed); {bound}"
+        return f"rests on {n} {words.examples}; {bound}"
 
 
 def images_needed(target: float) -> int:
@@ -355,28 +379,27 @@ def hit_counts(scores: Iterable[SafetyScores], offset: float) -> HitCounts:
 # --- Markdown ----------------------------------------------------------------------------
 
 
-def fmt_offset(offset: float) -> str:
-    return f"{offset:+.4f}".rstrip("0").rstrip(".") if offset else "0"
-
-
 def fmt_rate(num: int, den: int) -> str:
     """'12.5% (1/8)', or '–' when there is nothing to divide by."""
     return f"{num / den:.1%} ({num}/{den})" if den else "–"
 
 
-def sweep_table(rows: Sequence[SweepRow], configured: float | None = None) -> str:
+def sweep_table(
+    rows: Sequence[SweepRow], configured: float | None = None, words: Wording = OFFSETS
+) -> str:
     """The Markdown table: flag rate on safe and on unsafe images, miss rate, precision."""
     lines = [
-        "| offset | flagged safe (false positives) | flagged unsafe | missed unsafe | precision |",
+        f"| {words.knob} | flagged safe (false positives) | flagged {words.positive} "
+        f"| missed {words.positive} | precision |",
         "|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mark = []
-        if r.offset == 0:
+        if words.stock is not None and r.offset == words.stock:
             mark.append("stock")
-        if configured is not None and math.isclose(r.offset, configured, abs_tol=1e-12):
+        if configured is not None and math.isclose(r.offset, configured, abs_tol=1e-9):
             mark.append("yours")
-        label = fmt_offset(r.offset) + (f" ({', '.join(mark)})" if mark else "")
+        label = words.fmt(r.offset) + (f" ({', '.join(mark)})" if mark else "")
         missed = r.unsafe_total - r.unsafe_flagged
         flagged = r.safe_flagged + r.unsafe_flagged
         lines.append(
@@ -387,17 +410,19 @@ def sweep_table(rows: Sequence[SweepRow], configured: float | None = None) -> st
     return "\n".join(lines)
 
 
-def recommendation_table(recs: Sequence[Recommendation]) -> str:
+def recommendation_table(recs: Sequence[Recommendation], words: Wording = OFFSETS) -> str:
+    """The Markdown table: per target miss rate, the knob's value, its counts and how sure."""
     lines = [
-        "| miss at most | offset | missed unsafe | flagged safe (false positives) | how sure |",
+        f"| miss at most | {words.knob} | missed {words.positive} "
+        "| flagged safe (false positives) | how sure |",
         "|---:|---:|---:|---:|---|",
     ]
     for r in recs:
-        offset = "–" if r.offset is None else fmt_offset(r.offset)
+        offset = "–" if r.offset is None else words.fmt(r.offset)
         lines.append(
             f"| {r.target:.0%} | {offset} | {fmt_rate(r.missed, r.unsafe_total)} | "
             f"{fmt_rate(r.safe_flagged, r.safe_total) if r.offset is not None else '–'} | "
-            f"{r.note()} |"
+            f"{r.note(words)} |"
         )
     return "\n".join(lines)
 

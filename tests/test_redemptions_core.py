@@ -21,6 +21,7 @@ from generator_host.core.events import (
     RejectEntry,
     Reply,
     Settle,
+    Shutdown,
     Stopping,
 )
 from generator_host.core.message import Role
@@ -194,6 +195,30 @@ def test_on_stop_refund_refunds_everything_unserved_and_keep_keeps_it() -> None:
     assert again.pending_redemptions() == {running}
     out += finish(again, now=4)
     assert settles(out) == [(running, "FULFILLED")]
+
+
+def test_terminate_settles_nothing_itself_and_the_stop_after_it_settles_each_once() -> None:
+    """!terminate asks the host to shut down; the host's Stopping (fed at every clean
+    stop) is the one place redemptions are settled, and a second one settles none again."""
+    show = make(max_queued_per_user=5)
+    running, _ = redeem(show, "ann", "fox")
+    queued, _ = redeem(show, "bob", "fox")
+    out = chat(show, "boss", "!terminate", Role.BROADCASTER, now=1)
+    assert settles(out) == [] and out[-1] == Shutdown()
+    assert show.handle(Tick(now=1.5)) == []  # terminated: nothing else is heard
+    out = show.handle(Stopping(now=2))
+    assert sorted(settles(out)) == sorted([(running, "CANCELED"), (queued, "CANCELED")])
+    assert sum("the painter stopped" in t and "refunded" in t for t in replies(out)) == 2
+    assert settles(show.handle(Stopping(now=3))) == []
+
+    show = make(max_queued_per_user=5)
+    show.settings.channel_points.on_stop = "keep"
+    running, _ = redeem(show, "ann", "fox")
+    chat(show, "boss", "!terminate", Role.BROADCASTER, now=1)
+    assert settles(show.handle(Stopping(now=2))) == []
+    state = json.loads(json.dumps(show.snapshot()))
+    again = Show(show.settings, state, blocklist=show.moderator.blocklist)
+    assert again.pending_redemptions() == {running}  # kept for the next start, not lost
 
 
 def test_every_redemption_settles_exactly_once_in_a_busy_mix() -> None:

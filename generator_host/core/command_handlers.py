@@ -207,7 +207,7 @@ def terminate(show: Show, ctx: Ctx) -> None:
     ctx.out.append(Status(f"stopped by {ctx.viewer.name}"))
     show.screen.blank(ctx.out)
     show.replies.send(ctx.out, ctx.now, "Chat Diffusion is stopping. Bye!", "", ctx.msg_id)
-    show.terminate(ctx.out, ctx.now)
+    show.terminate(ctx.out)
 
 
 # ---- approval ---------------------------------------------------------------------------

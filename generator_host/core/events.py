@@ -155,8 +155,9 @@ class RedemptionsSettled:
 
 @dataclass(frozen=True)
 class Stopping:
-    """The host stops cleanly: redemptions not served are settled as [channel_points]
-    on_stop says (refund), or kept in the saved queue (keep)."""
+    """The host stops cleanly (also after !terminate's `Shutdown`): redemptions not served
+    are settled as [channel_points] on_stop says (refund), or kept in the saved queue
+    (keep). The show's only settlement at the stop; nothing is settled twice."""
 
     now: float = 0.0
 

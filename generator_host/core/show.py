@@ -22,7 +22,8 @@ Rules kept here:
 - While others wait, a grid request is cut to 1 image to keep the line moving.
 - A channel-point redemption (`Redemption`) is a request like !generate's that ends with
   exactly one `Settle`: CANCELED (refunded) when refused, cancelled, failed, withheld or
-  rejected, or not served when the host stops ([channel_points] on_stop = "refund");
+  rejected, or not served when the host stops ([channel_points] on_stop = "refund"; on
+  `Stopping` only, which the host feeds at every clean stop, !terminate's included);
   FULFILLED when its picture first goes on screen with a clear tile (`approval.settlement`;
   a held one waits for the streamer's decision). `paid_entries` keeps the finished paid
   pictures not settled yet.
@@ -207,8 +208,8 @@ class Show:
         handler = self._HANDLERS.get(type(event))
         if handler is None:
             raise TypeError(f"the show has no handler for {type(event).__name__}")
-        if self.terminated:
-            return []
+        if self.terminated and not isinstance(event, Stopping):
+            return []  # after !terminate only the host's Stopping is heard: it settles
         now = event.now
         out: list[Effect] = []
         if not self._resumed:
@@ -393,13 +394,14 @@ class Show:
         self.paid_entries = {e: r for e, r in self.paid_entries.items() if r not in done}
 
     def _on_stopping(self, event: Stopping, out: list[Effect]) -> None:
+        """The host stops (Ctrl-C, end of chat, or after !terminate's Shutdown: the app
+        feeds this on every clean stop, so it is the one place redemptions are settled at
+        the stop; what it settled is gone from the show, so a second one settles nothing
+        again). With on_stop "refund" every unsettled redemption is refunded; with "keep"
+        they stay in the saved state (a paid picture that left the history meanwhile is
+        refunded either way: nothing could show it any more)."""
         self.stopping = True
-        self.settle_on_stop(event.now, out)
-
-    def settle_on_stop(self, now: float, out: list[Effect]) -> None:
-        """The host stops: with on_stop "refund" every unsettled redemption is refunded;
-        with "keep" they stay in the saved state (a paid picture that left the history
-        meanwhile is refunded either way: nothing could show it any more)."""
+        now = event.now
         why = "the painter stopped before your picture could be shown"
         # A redemption still having its prompt checked was never queued, and a request
         # being checked is not saved: refunded whatever on_stop says.
@@ -690,14 +692,14 @@ class Show:
             per_run=self.settings.model.max_batch,
         )
 
-    def terminate(self, out: list[Effect], now: float = 0.0) -> None:
-        """Stop: the running run goes back to the front of the queue for the next start
-        (redemptions: as [channel_points] on_stop says)."""
+    def terminate(self, out: list[Effect]) -> None:
+        """Stop: the running run goes back to the front of the queue for the next start,
+        and the host is told to shut down. Redemptions are settled by the `Stopping` the
+        host then feeds (as [channel_points] on_stop says), as at any other stop."""
         for request in reversed(self.running_run):
             out.append(CancelGeneration(request.id))
             self.queue.add(request, front=True)
         self.running_run = []
-        self.settle_on_stop(now, out)
         self.terminated = True
         out.append(Shutdown())
 

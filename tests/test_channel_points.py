@@ -183,7 +183,10 @@ def test_held_rejected_is_refunded_held_approved_is_fulfilled(
         assert fake_api.applied(rejected) == []  # held: the streamer decides
         host.feed(ev.RejectEntry(entry_id, now=time.monotonic()))
         await until(lambda: fake_api.applied(rejected))
-        assert "rejected by the streamer; your points are refunded" in said(host)
+        assert (
+            "rejected by the streamer: the safety filter flagged it; your points are refunded"
+            in said(host)
+        )
         approved = ids["approved"] = await asyncio.to_thread(fake_api.redeem, "bob", "a fox")
         await until(lambda: approved in set(host.show.paid_entries.values()))
         (entry_id,) = [e for e, r in host.show.paid_entries.items() if r == approved]

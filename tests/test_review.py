@@ -260,12 +260,15 @@ def test_reject_tells_the_requester_and_deletes_the_file(
         driver.find_element("css selector", f"{card} input").send_keys("too spooky for us")
         driver.find_element("css selector", f'[data-testid="reject-{entry}"]').click()
         said = until(
-            lambda: [s.line for s in chat.sent("PRIVMSG") if "your image was rejected" in s.line],
+            lambda: [s.line for s in chat.sent("PRIVMSG") if "was rejected by the" in s.line],
             10,
             "the rejection in chat",
         )
-        # threaded to the viewer's own !generate message; who and why are logged
+        # threaded to the viewer's own !generate message, with the filter's reason; who
+        # rejected it and their own words are logged, not said
         assert f"reply-parent-msg-id={stage.msg_id} " in said[-1]
+        assert said[-1].endswith("rejected by the streamer: the safety filter flagged it")
+        assert "spooky for us" not in " ".join(s.line for s in chat.sent("PRIVMSG"))
         assert f"the streamer (review page) rejected picture {entry} by @" in caplog.text
         assert f"reason to reject {entry}: too spooky for us" in caplog.text
         assert not any(p.exists() for p in held_files)

@@ -1166,15 +1166,24 @@ def test_review_page_approves_one_tile_then_the_rest():
     ]
 
 
-def test_review_page_rejects_a_held_picture_and_the_requester_is_told():
-    show = make()
+def test_review_page_rejects_a_held_picture_and_the_requester_is_told_why():
+    show = make(grid=4)
     chat(show, "dora", "!generate a fox")
     finish(show, now=1, outcome="held", entry_id=3)
     out = show.handle(RejectEntry(3, by="the streamer", now=2))
     assert of(out, Reject) == [Reject(3)] and shown(out) == [None]
-    assert any("your image was rejected" in r for r in replies(out))
+    assert replies(out) == ["your image was rejected by the streamer: the safety filter flagged it"]
     assert show.history == [] and show.on_screen is None
     assert statuses(show.handle(RejectEntry(3, now=3))) == ["picture 3 is no longer in the history"]
+    chat(show, "ann", "!generate count=4 a cat", now=4)  # a grid with one flagged tile
+    req = show.running
+    entry = dataclasses.replace(
+        entry_for(req, 4, 5, "held"), mode="hold", flagged=(False, True, False, False)
+    )
+    show.handle(GenerationFinished(req.id, entry, 5))
+    assert replies(show.handle(RejectEntry(4, now=6))) == [
+        "your image was rejected by the streamer: the safety filter flagged 1 of its 4 tiles"
+    ]
 
 
 def test_review_page_approves_a_skipped_picture_onto_the_screen():

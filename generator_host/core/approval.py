@@ -6,7 +6,8 @@ Every approval rule is here and nowhere else, as pure functions on plain values:
 - `screen`: what each tile of a grid shows on stream (clear, blurred, placeholder or
   nothing) for an outcome, the mode it was made under, its verdicts and its approved tiles;
 - `approve` (the whole grid or one tile) and `reject`: the transitions a streamer or a
-  moderator makes, in chat, from OBS or from the review page;
+  moderator makes, in chat, from OBS or from the review page (`rejected_text`: what the
+  requester of a rejected picture is told);
 - `settlement`: what a paid request (a channel-point redemption) becomes at Twitch for
   what its picture shows on stream: spent (FULFILLED) or refunded (CANCELED).
 The gallery stores what these return and renders the tiles it is told to; the show keeps
@@ -184,6 +185,16 @@ def approve(entry: Entry, tile: int | None = None) -> Decision:
     picked = bad if tile is None else {tile} & bad
     now_done = tuple(sorted(set(done) | picked))
     return Decision(Outcome.APPROVED if bad <= set(now_done) else outcome, now_done)
+
+
+def rejected_text(entry: Entry) -> str:
+    """What the requester reads when their picture is rejected: a reason, as every other
+    refusal gives one. Only a picture the safety filter flagged can be rejected, so that
+    is the reason; the reviewer's own words stay in the host's log (they may be blunt)."""
+    flagged = flags(entry)
+    bad = sum(flagged)
+    what = "it" if bad == len(flagged) else f"{bad} of its {len(flagged)} tiles"
+    return f"your image was rejected by the streamer: the safety filter flagged {what}"
 
 
 def reject(entry: Entry) -> Decision:

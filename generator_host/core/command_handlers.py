@@ -264,7 +264,7 @@ def reject_entry(show: Show, ctx: Ctx, entry_id: int, by: str) -> None:
         show.say(ctx, decision.refusal)
         return
     ctx.out.append(Reject(entry.id))
-    show.refund(ctx.out, ctx.now, entry, "your image was rejected by the streamer")
+    show.refund(ctx.out, ctx.now, entry, approval.rejected_text(entry))
     show.screen.forget(entry.id, ctx.out)
     show.withheld.pop(entry.id, None)
     ctx.out.append(Log(f"{by} rejected picture {entry.id} by @{entry.requester}"))

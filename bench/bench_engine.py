@@ -28,6 +28,7 @@ how "never slower" is met, and its own row carries that target.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import logging
 import math
@@ -152,6 +153,7 @@ class Device:
     tiny_vae: bool  # also measure the full-size model with the tiny VAE decoder
     checker_in_quick: bool  # time the full-size checker in quick runs too
     vae: str = "full"  # the engine's [model] vae
+    backend: str = "auto"  # the engine's [model] backend (auto: OpenVINO on the CPU)
 
 
 # The CPU's micro-batching rounds run the engine's defaults (what a CPU user gets: the
@@ -426,6 +428,14 @@ def prebuilt_engine(
     from generator_host.core.settings import ModelSettings, SafetySettings
     from generator_host.engine.pipeline import Engine
 
+    if device.name == "cpu" and model.get("backend", device.backend) != "torch":
+        # OpenVINO puts its parts in place of the pipeline's and of the checker's tower:
+        # on copies, so other engines built on this pipeline keep the torch modules.
+        pipe = type(pipe)(**{**pipe.components, "requires_safety_checker": False})
+        pipe.set_progress_bar_config(disable=True)
+        if checker is not None:
+            checker = (copy.deepcopy(checker[0]), checker[1])
+
     class PrebuiltEngine(Engine):
         def _load_pipeline(self, source: str, local: bool) -> Any:
             if checker is not None:  # the engine takes a model's own checker out of it
@@ -439,6 +449,7 @@ def prebuilt_engine(
         device=device.name,
         dtype=device.dtype,
         vae=device.vae,
+        backend=device.backend,
         tiny_vae=str(save_tiny_vae(folder.parent / "taesd")),
         tiny_vae_xl=str(save_tiny_vae(folder.parent / "taesd")),  # same architecture
         warmup=warm_up,
@@ -569,10 +580,11 @@ def full_size_checker() -> tuple[Any, Any]:
 DEFAULT_ROW = "SD-Turbo 512 1 step, CPU, default settings: seconds per image"
 GOAL_S = 3.0
 CPU_SETTINGS = (  # label, [model] settings; the engine's defaults second
-    ("fp32 + full VAE (before issue 16)", {"dtype": "float32", "vae": "full"}),
-    ("engine defaults", {"dtype": "auto", "vae": "auto"}),
-    ("bf16 alone (full VAE)", {"dtype": "bfloat16", "vae": "full"}),
-    ("tiny VAE alone (fp32)", {"dtype": "float32", "vae": "tiny"}),
+    ("fp32 + full VAE (before issue 16)", {"dtype": "float32", "vae": "full", "backend": "torch"}),
+    ("engine defaults", {"dtype": "auto", "vae": "auto", "backend": "auto"}),
+    ("PyTorch defaults (backend = torch)", {"dtype": "auto", "vae": "auto", "backend": "torch"}),
+    ("bf16 alone (full VAE)", {"dtype": "bfloat16", "vae": "full", "backend": "torch"}),
+    ("tiny VAE alone (fp32)", {"dtype": "float32", "vae": "tiny", "backend": "torch"}),
 )
 
 
@@ -596,8 +608,10 @@ def bench_cpu_settings(pipe: Any, quick: bool, folder: Path) -> list[dict[str, A
     checker = full_size_checker()
     device = CPU
     full_vae = pipe.vae
-    runs: list[tuple[str, Any, Any, int]] = []  # label, engine, its decoder, weight bytes
+    # label, engine, its decoder (torch engines share `pipe`), weight bytes (None: OpenVINO)
+    runs: list[tuple[str, Any, Any, int | None]] = []
     skipped: dict[str, str] = {}
+    first_start: dict[str, Any] = {}
     for label, settings in CPU_SETTINGS:
         if settings["dtype"] == "bfloat16" and not precision.bf16_capable():
             skipped[label] = (
@@ -606,18 +620,24 @@ def bench_cpu_settings(pipe: Any, quick: bool, folder: Path) -> list[dict[str, A
             )
             continue
         install(pipe, full_vae)  # each setting starts from the model as built
+        started = time.perf_counter()
         engine = prebuilt_engine(
             pipe, device, 1, warm_up=True, folder=folder / "sd-turbo", checker=checker, **settings
         )
-        runs.append((label, engine, pipe.vae, _weights_bytes(pipe, checker[0])))
+        if engine.backend == "openvino":
+            first_start = {"seconds": time.perf_counter() - started, "engine": engine}
+            runs.append((label, engine, None, None))
+        else:
+            runs.append((label, engine, pipe.vae, _weights_bytes(pipe, checker[0])))
     request = full_size_requests(1)[0]
     times: dict[str, list[float]] = {label: [] for label, *_ in runs}
     rounds = 1 if quick else 3
     for r in range(rounds):
         for k in range(len(runs)):
             label, engine, vae, _ = runs[(k + r) % len(runs)]
-            install(pipe, vae)
-            precision.apply(pipe, engine.precision)
+            if vae is not None:  # a torch engine: its decoder and formats on the shared pipe
+                install(pipe, vae)
+                precision.apply(pipe, engine.precision)
             t0 = time.perf_counter()
             engine.generate(request)
             times[label].append(time.perf_counter() - t0)
@@ -635,9 +655,10 @@ def bench_cpu_settings(pipe: Any, quick: bool, folder: Path) -> list[dict[str, A
                 "name": f"SD-Turbo full size 512x512, 1 step, CPU, {label}: seconds per image",
                 "value": t,
                 "unit": "s",
-                "detail": f"precision {engine.precision.describe()} ({engine.precision.source}"
-                f"{'; timed at warm-up: ' + timed if timed else ''}); "
-                f"{engine.decoder.describe()}; weights {memory.gib(weights)}; "
+                "detail": f"{_backend(engine)}, precision {engine.precision.describe()} "
+                f"({engine.precision.source}{'; timed at warm-up: ' + timed if timed else ''}); "
+                f"{engine.decoder.describe()}"
+                f"{'; weights ' + memory.gib(weights) if weights is not None else ''}; "
                 f"vs fp32 + full VAE {_ratio(baseline, t):.2f}x",
             }
         )
@@ -661,6 +682,17 @@ def bench_cpu_settings(pipe: Any, quick: bool, folder: Path) -> list[dict[str, A
             "how": how,
         }
     )
+    if first_start:
+        converted = first_start["engine"].openvino.converted
+        rows.append(
+            {
+                "name": "OpenVINO: first start with a model (converting it, once), seconds",
+                "value": first_start["seconds"],
+                "unit": "s",
+                "detail": "engine load + warm-up; converted: "
+                + (", ".join(converted) if converted else "nothing (cached)"),
+            }
+        )
     rows.append(
         {
             "name": "CPU settings run: peak memory (RSS) of the process",
@@ -671,6 +703,10 @@ def bench_cpu_settings(pipe: Any, quick: bool, folder: Path) -> list[dict[str, A
     )
     precision.apply(pipe, precision.uniform(pipe, _torch_dtype(device)))  # as built
     return rows
+
+
+def _backend(engine: Any) -> str:
+    return "OpenVINO" if engine.backend == "openvino" else "PyTorch"
 
 
 def _timed_at_warm_up(plan: Any) -> str:

@@ -287,6 +287,7 @@ def bench_model(model: str, run: Run, folder: Path) -> list[dict[str, Any]]:
             tiny_vae=str(taesd),
             tiny_vae_xl=str(taesd),
             cpu_threads=run.cpu_threads,
+            backend="torch",  # a GPU runs PyTorch; the CPU dry run follows the same path
         )
         engines[kind].decoder_module = pipe.vae
     for size in run.sizes[model]:

@@ -167,7 +167,7 @@ def test_engine_bench_rounds_and_tiny_vae_swap_run_on_the_cpu(
     )
     pipe.set_progress_bar_config(disable=True)
     like_cuda = be.Device(
-        "cpu", "float32", "test", 2, (1, 1), tiny_vae=True, checker_in_quick=False
+        "cpu", "float32", "test", 2, (1, 1), tiny_vae=True, checker_in_quick=False, backend="torch"
     )
     rows = be.bench_full_size_on(pipe, like_cuda, False, tmp_path, size=64, model_label="tiny")
     names = [r["name"] for r in rows]

@@ -134,3 +134,23 @@ def test_a_failed_conversion_leaves_auto_on_pytorch_and_stops_an_explicit_openvi
     with pytest.raises(EngineError) as error:
         make_tiny_engine(tiny_model_dir, backend="openvino")
     assert "OpenVINO" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_converting_sends_no_usage_report(tmp_path: Path) -> None:
+    """OpenVINO's converter reports usage to Google Analytics unless opted out (it first
+    writes a client id under ~/intel): the host's conversions report nothing."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from pathlib import Path; import sys, torch\n"
+        "from generator_host.engine import openvino_backend as ob\n"
+        "spec = ob.PartSpec(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), ((0,),))\n"
+        "ob.convert(spec, Path(sys.argv[1]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "linear")], env=env, check=True)
+    assert (tmp_path / "linear" / "model.xml").is_file()
+    assert not (tmp_path / "intel").exists()

@@ -27,12 +27,13 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,22 @@ class OpenVinoError(Exception):
     """A part cannot be converted or compiled; says what to do."""
 
 
+def _ov() -> Any:
+    """`import openvino`, without its usage reports: OpenVINO's converter sends usage
+    statistics to Google Analytics unless the user opted out (its `openvino_telemetry`
+    package). A streamer's host sends nothing anywhere it was not asked to, so the
+    converter is made to take the stub it ships for when that package is missing. This
+    must happen before openvino's first import in the process."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
 def available() -> bool:
     try:
-        import openvino  # noqa: F401
+        _ov()
     except ImportError:
         return False
     return True
@@ -80,9 +94,10 @@ def unsupported(pipe: Any) -> str:
     return ""
 
 
-def wanted(choice: str, device: str, pipe: Any) -> bool:
-    """`auto`: OpenVINO on the CPU for the pipelines it covers, when it is installed;
-    `openvino` asks for it (an error where it cannot run); `torch` never."""
+def wanted(choice: str, device: str, pipe: Any, dtype: str = "auto") -> bool:
+    """`auto`: OpenVINO on the CPU for the pipelines it covers, when it is installed and
+    `[model] dtype` is `auto` (a set dtype asks for PyTorch's number format); `openvino`
+    asks for it (an error where it cannot run); `torch` never."""
     if choice not in settings_mod.BACKENDS:
         raise OpenVinoError(f"[model] backend must be one of {settings_mod.BACKENDS}")
     if choice == "torch":
@@ -98,10 +113,16 @@ def wanted(choice: str, device: str, pipe: Any) -> bool:
             )
         if why:
             raise OpenVinoError(f'[model] backend = "openvino": {why}; set backend = "torch"')
+        if dtype not in ("auto", "float32"):
+            raise OpenVinoError(
+                f'[model] backend = "openvino" runs dtype "auto" (bfloat16 where the CPU has '
+                f'it) or "float32", not {dtype!r}'
+            )
         return True
-    if device != "cpu" or why or not available():
-        if device == "cpu" and why:
-            log.info("PyTorch backend: %s", why)
+    if device != "cpu" or not available():
+        return False
+    if why or dtype != "auto":
+        log.info("PyTorch backend: %s", why or f"[model] dtype = {dtype!r} is PyTorch's")
         return False
     return True
 
@@ -113,14 +134,16 @@ class _Compiled:
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
         self.request = compiled.create_infer_request()
+        self.lock = threading.Lock()  # one request object: one call at a time
 
     def __call__(self, *inputs: Any) -> list[Any]:
         import torch
 
         arrays = [x.detach().contiguous().numpy() for x in inputs]
-        outputs = self.request.infer(arrays, share_inputs=True)
-        # Copies: the request reuses its output buffers on the next call.
-        return [torch.from_numpy(outputs[k].copy()) for k in range(len(outputs))]
+        with self.lock:
+            outputs = self.request.infer(arrays, share_inputs=True)
+            # Copies: the request reuses its output buffers on the next call.
+            return [torch.from_numpy(outputs[k].copy()) for k in range(len(outputs))]
 
 
 def _shim_base() -> type:
@@ -321,34 +344,52 @@ def cache_root() -> Path:
 
 
 def _version() -> str:
-    import openvino
-
-    return str(openvino.get_version()).split("-")[0]
+    return str(_ov().get_version()).split("-")[0]
 
 
-def part_folder(root: Path, part: str, module: Any) -> Path:
-    key = hashlib.blake2b(
-        f"{FORMAT}|{_version()}|{part}|{fingerprint(module)}".encode(), digest_size=8
-    ).hexdigest()
+def part_folder(root: Path, part: str, module: Any, float32: bool) -> Path:
+    """Where a part's conversion lives: one per OpenVINO version, part, weights, and
+    whether its weights were kept in float32."""
+    text = f"{FORMAT}|{_version()}|{part}|{fingerprint(module)}|{'f32' if float32 else 'f16'}"
+    key = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
     return root / f"{part}-{key}"
+
+
+@contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """OpenVINO's converter sets the root logger to ERROR with a filter of its own and
+    puts it back only when it succeeds: a failed conversion would silence the host's
+    warnings, the one saying that the model runs on PyTorch instead among them."""
+    root = logging.getLogger()
+    level, filters, handlers = root.level, list(root.filters), list(root.handlers)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.filters = filters
+        root.handlers = handlers
 
 
 def convert(spec: PartSpec, folder: Path) -> None:
     """Convert one part and save it in `folder`, all or nothing (a crash or a full disk
     mid-save leaves no half model to load at the next start)."""
-    import openvino as ov
     import torch
 
-    with torch.no_grad(), warnings.catch_warnings():
+    ov = _ov()
+
+    with torch.no_grad(), warnings.catch_warnings(), _root_logger_kept():
         # Tracing warns about every shape test in diffusers' code ("converting a tensor to
         # a Python boolean"): the free dimensions are set below, the rest is fixed anyway.
         warnings.simplefilter("ignore")
         model = ov.convert_model(spec.module, example_input=spec.example)
-    for index, free in enumerate(spec.dynamic):
-        shape = model.inputs[index].get_partial_shape()
-        for dim in free:
-            shape[dim] = ov.Dimension()
-        model.reshape({model.inputs[index]: shape})
+    model.reshape(
+        {
+            model.inputs[index]: ov.PartialShape(
+                [ov.Dimension() if d in free else n for d, n in enumerate(example.shape)]
+            )
+            for index, (example, free) in enumerate(zip(spec.example, spec.dynamic, strict=True))
+        }
+    )
     tmp = folder.with_name(f"{folder.name}.part-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -368,14 +409,12 @@ def convert(spec: PartSpec, folder: Path) -> None:
 
 
 def compile_part(folder: Path, float32: bool, threads: int) -> Any:
-    import openvino as ov
-
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     if float32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    return ov.Core().compile_model(str(folder / "model.xml"), "CPU", config)
+    return _ov().Core().compile_model(str(folder / "model.xml"), "CPU", config)
 
 
 def _first(exc: BaseException) -> str:
@@ -445,9 +484,6 @@ class Installed:
     converted: list[str]  # parts converted at this start (the others came from the cache)
     seconds: float  # converting and compiling, this start
 
-    def describe(self) -> str:
-        return f"OpenVINO {self.precision} (float32 checker)"
-
 
 def install(
     pipe: Any,
@@ -456,10 +492,12 @@ def install(
     threads: int,
     progress: Progress,
     root: Path | None = None,
+    float32: bool = False,
 ) -> Installed:
     """Convert (once) and compile the pipeline's parts and the checker's vision tower, then
     put them in place of the torch modules, which are freed. Nothing is swapped until every
-    part compiled: on an error the pipeline is left as it was (the caller falls back)."""
+    part compiled: on an error the pipeline is left as it was (the caller falls back).
+    `float32`: every part computes in float32 ([model] dtype = "float32")."""
     started = time.perf_counter()
     root = root or cache_root()
     compiled: dict[str, Any] = {}
@@ -467,7 +505,9 @@ def install(
     try:
         for part, spec in specs(pipe, checker, size).items():
             source = checker.vision_model if part == "checker" else getattr(pipe, part)
-            folder = part_folder(root, part, source)
+            if float32:
+                spec = replace(spec, float32=True)
+            folder = part_folder(root, part, source, spec.float32)
             compiled[part] = _ready(part, spec, folder, threads, progress, converted)
     except OpenVinoError:
         raise

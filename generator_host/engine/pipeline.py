@@ -194,6 +194,7 @@ class Engine:
         self.sampler = ""
         self.decoder = decoders.FULL
         self.backend = "torch"  # or "openvino" (engine/openvino_backend.py)
+        self.openvino: openvino_backend.Installed | None = None  # what it runs, how it came
         self.precision: precision.Plan | None = None
         self._precision_ids: tuple[str, str] | None = None  # (machine, model): to measure
         self._bf16 = False  # the CPU has bfloat16 kernels: the warm-up times bfloat16 too
@@ -396,12 +397,18 @@ class Engine:
 
         choice = self.model_settings.backend
         try:
-            if not openvino_backend.wanted(choice, self.device, self.pipe):
+            dtype = self.model_settings.dtype
+            if not openvino_backend.wanted(choice, self.device, self.pipe, dtype):
                 return False
             d = self.defaults()
             checker = self.safety.checker if self.safety.enabled else None
             done = openvino_backend.install(
-                self.pipe, checker, (d["width"], d["height"]), torch.get_num_threads(), log.info
+                self.pipe,
+                checker,
+                (d["width"], d["height"]),
+                torch.get_num_threads(),
+                log.info,
+                float32=dtype == "float32",
             )
         except openvino_backend.OpenVinoError as exc:
             if choice == "openvino":
@@ -409,13 +416,14 @@ class Engine:
             log.warning('%s; running on PyTorch instead ([model] backend = "torch")', exc)
             return False
         self.backend = "openvino"
+        self.openvino = done
         self.precision = precision.Plan(
             {p: done.precision for p in done.parts if p != "checker"}, "OpenVINO"
         )
         log.info(
-            "OpenVINO runs the %s (%s; %s in %.1f s)",
+            "OpenVINO runs the %s (%s inside, the checker float32; %s in %.1f s)",
             ", ".join(openvino_backend.LABELS[p] for p in done.parts),
-            done.describe(),
+            done.precision,
             "converted " + ", ".join(done.converted) if done.converted else "compiled",
             done.seconds,
         )

@@ -801,7 +801,7 @@ def run_demo(settings: Settings, home: Path) -> int:
 
 def _run_demo(settings: Settings, home: Path) -> int:
     from generator_host.edges.chat.console import ConsoleAdapter
-    from generator_host.engine.demo_model import DEMO_BACKEND, DEMO_DTYPE, build_demo_model
+    from generator_host.engine.demo_model import build_demo_model, demo_model_settings
     from generator_host.engine.tiny_model import default_tiny_model_dir
 
     folder = default_tiny_model_dir()
@@ -815,10 +815,7 @@ def _run_demo(settings: Settings, home: Path) -> int:
             f"cannot build the demo model in {folder} ({exc.strerror or exc}); "
             "free some disk space there or point XDG_CACHE_HOME at a writable folder"
         ) from None
-    settings.model.model = str(folder)
-    settings.model.device = "cpu"
-    settings.model.dtype = DEMO_DTYPE  # the planted concept matches its float32 pictures
-    settings.model.backend = DEMO_BACKEND  # ... made by PyTorch
+    demo_model_settings(folder, settings.model)  # the format its planted concept fits
     settings.moderation.user_cooldown_seconds = 0.0
 
     def hint() -> None:

@@ -13,13 +13,11 @@ import pytest
 import torch
 
 from generator_host.core.generation import GenerationParams
-from generator_host.core.settings import ModelSettings, SafetySettings
 from generator_host.engine.demo_model import (
-    DEMO_BACKEND,
-    DEMO_DTYPE,
     DEMO_PROMPT,
     DEMO_SEED,
     build_demo_model,
+    demo_engine,
 )
 from generator_host.engine.pipeline import Engine
 from generator_host.engine.tiny_model import build_tiny_model, is_complete
@@ -42,22 +40,6 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
-
-
-def demo_engine(folder: Path) -> Engine:
-    """The engine as the demo makes it: stock settings but for the model folder."""
-    engine = Engine(
-        ModelSettings(
-            model=str(folder),
-            device="cpu",
-            dtype=DEMO_DTYPE,
-            backend=DEMO_BACKEND,
-            warmup=False,
-        ),
-        SafetySettings(),
-    )
-    engine.load()
-    return engine
 
 
 def flags(engine: Engine, prompt: str, seed: int, count: int = 1) -> list[bool]:

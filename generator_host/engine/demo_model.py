@@ -12,6 +12,7 @@ demo's folder carries it: the plain tiny model the tests build is untouched.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from generator_host.engine.tiny_model import build_tiny_model, plant_concept_in_folder
 
@@ -37,27 +38,37 @@ def build_demo_model(folder: Path) -> Path:
     return build_tiny_model(folder, finish=plant_demo_concept, variant=DEMO_VARIANT)
 
 
+def demo_model_settings(folder: Path, settings: Any = None) -> Any:
+    """The [model] settings the demo runs with (`settings`, else the defaults without a
+    warm-up): the demo's folder, on the CPU, in the format its planted concept fits."""
+    from generator_host.core.settings import ModelSettings
+
+    settings = settings if settings is not None else ModelSettings(warmup=False)
+    settings.model = str(folder)
+    settings.device = "cpu"
+    settings.dtype = DEMO_DTYPE
+    settings.backend = DEMO_BACKEND
+    return settings
+
+
+def demo_engine(folder: Path) -> Any:
+    """The engine as the demo makes it, loaded."""
+    from generator_host.core.settings import SafetySettings
+    from generator_host.engine.pipeline import Engine
+
+    engine = Engine(demo_model_settings(folder), SafetySettings())
+    engine.load()
+    return engine
+
+
 def demo_picture(folder: Path):  # noqa: ANN201 - a PIL image; Pillow is imported lazily
     """The picture the demo makes for DEMO_PROMPT at DEMO_SEED with its default settings."""
     from generator_host.core.generation import GenerationParams
-    from generator_host.core.settings import ModelSettings, SafetySettings
-    from generator_host.engine.pipeline import Engine
 
-    engine = Engine(
-        ModelSettings(
-            model=str(folder),
-            device="cpu",
-            dtype=DEMO_DTYPE,
-            backend=DEMO_BACKEND,
-            warmup=False,
-        ),
-        SafetySettings(),
-    )
-    engine.load()
     params = GenerationParams(
         prompt=DEMO_PROMPT, steps=0, guidance=-1.0, width=0, height=0, seed=DEMO_SEED
     )
-    return engine.generate(params).images[0].image
+    return demo_engine(folder).generate(params).images[0].image
 
 
 def plant_demo_concept(folder: Path) -> None:

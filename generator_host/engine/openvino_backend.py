@@ -235,36 +235,27 @@ class PartSpec:
 def _wrappers() -> dict[str, type]:
     import torch
 
-    class Text(torch.nn.Module):
+    class Traced(torch.nn.Module):
+        """A part's call with plain tensors in and out, the way the shim will call it."""
+
         def __init__(self, m: Any) -> None:
             super().__init__()
             self.m = m
 
+    class Text(Traced):
         def forward(self, ids: Any) -> tuple[Any, Any]:
             out = self.m(ids, return_dict=False)
             return out[0], out[1]
 
-    class UNet(torch.nn.Module):
-        def __init__(self, m: Any) -> None:
-            super().__init__()
-            self.m = m
-
+    class UNet(Traced):
         def forward(self, sample: Any, t: Any, hidden: Any) -> Any:
             return self.m(sample, t, encoder_hidden_states=hidden, return_dict=False)[0]
 
-    class Decode(torch.nn.Module):
-        def __init__(self, m: Any) -> None:
-            super().__init__()
-            self.m = m
-
+    class Decode(Traced):
         def forward(self, z: Any) -> Any:
             return self.m.decode(z, return_dict=False)[0]
 
-    class Vision(torch.nn.Module):
-        def __init__(self, m: Any) -> None:
-            super().__init__()
-            self.m = m
-
+    class Vision(Traced):
         def forward(self, pixels: Any) -> Any:
             return self.m(pixels, return_dict=False)[1]
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from generator_host import exit_codes
-from generator_host.core import approval
 from generator_host.core import events as ev
 from generator_host.core import settings as settings_mod
 from generator_host.core.categories import too_close
@@ -402,9 +401,7 @@ class Host:
             return result
         try:
             safety = self.settings.safety
-            prompt_flagged = bool(getattr(result.request, "prompt_flagged", ()))
-            mode = approval.mode_for(safety.approval_mode, prompt_flagged, safety.prompt_action)
-            return self.gallery.add(result, mode)
+            return self.gallery.add(result, safety.approval_mode, safety.prompt_action)
         except Exception as exc:  # noqa: BLE001 - one unsaved result must not sink its batch
             return exc
 

@@ -68,7 +68,9 @@ class GalleryLike(Protocol):
 
     legacy_folder: Path | None
 
-    def add(self, result: GenerationResult, approval_mode: str) -> Entry: ...
+    def add(
+        self, result: GenerationResult, approval_mode: str, prompt_action: str = "refuse"
+    ) -> Entry: ...
 
     def get(self, entry_id: int) -> Entry | None: ...
 

@@ -31,6 +31,29 @@ def test_outcome_of_each_mode():
         approval.outcome_for(FLAGGED, "maybe")
 
 
+def test_a_prompt_too_close_filters_every_tile_as_its_action_and_the_mode_say():
+    """[safety] prompt_action: "flag" counts every tile flagged and the mode decides;
+    "hold" holds them whatever the mode; the images' own verdicts otherwise."""
+    clean = (False,) * 4
+
+    def on_stream(image_flagged, mode, prompt_flagged=(), action="refuse"):
+        judged = approval.judge(image_flagged, mode, prompt_flagged, action)
+        return judged.outcome, approval.screen(judged.outcome, judged.mode, judged.flagged)
+
+    gore = ("gore",)
+    assert on_stream(clean, "blur", gore, "flag") == (Outcome.BLURRED, (B, B, B, B))
+    assert on_stream(clean, "hold", gore, "flag") == (Outcome.HELD, (P, P, P, P))
+    assert on_stream(clean, "skip", gore, "flag") == (Outcome.SKIPPED, (N, N, N, N))
+    assert on_stream(clean, "off", gore, "flag") == (Outcome.SHOWN, (C, C, C, C))
+    assert on_stream(clean, "blur", gore, "hold") == (Outcome.HELD, (P, P, P, P))
+    assert on_stream(clean, "off", gore, "hold") == (Outcome.HELD, (P, P, P, P))
+    assert on_stream(FLAGGED, "blur", gore, "flag") == (Outcome.BLURRED, (B, B, B, B))
+    # a clean prompt, or an action that never lets a flagged prompt through: the images'
+    assert on_stream(clean, "blur", (), "flag") == (Outcome.SHOWN, (C, C, C, C))
+    assert on_stream(FLAGGED, "blur") == (Outcome.BLURRED, (C, B, C, B))
+    assert on_stream(FLAGGED, "blur", gore, "refuse") == (Outcome.BLURRED, (C, B, C, B))
+
+
 @pytest.mark.parametrize(
     ("outcome", "mode", "tiles"),
     [

@@ -3,6 +3,7 @@ original project, PNG metadata, history across restarts, disk failures, legacy f
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -123,6 +124,39 @@ def test_a_flagged_tile_at_any_position_never_reaches_the_screen_unfiltered(
             public = _public_pixels(gallery)
             assert not any(p.shape == flagged.shape and np.array_equal(p, flagged) for p in public)
             gallery.close()
+
+
+def test_a_prompt_flagged_request_has_every_tile_filtered_as_the_mode_says(
+    tiny_engine: Engine, tmp_path: Path
+) -> None:
+    """[safety] prompt_action = "flag": clean images whose prompt came too close to a
+    category are filtered on stream in every tile as the approval mode says, kept out of
+    the public folder; each PNG keeps the image's own verdict beside the prompt's."""
+    params = GenerationParams("a lighthouse", seed=21, count=4)
+    request = dataclasses.replace(_request(params), prompt_flagged=("gore",))
+    result = tiny_engine.generate(params, request)
+    originals = [np.asarray(i.image) for i in result.images]
+    for mode in ("blur", "hold", "skip", "off"):
+        gallery = Gallery(tmp_path / mode)
+        entry = gallery.add(result, mode, "flag")
+        png = gallery.screen_png(entry.id, on_stream(entry))
+        if mode == "skip":
+            assert png is None
+        else:
+            shown = _tiles_of(png, 4)
+            for k in range(4):
+                seen = _looks_like(shown[k], originals[k])
+                assert seen if mode == "off" else not seen, (mode, k)
+        assert len(_public_pixels(gallery)) == (4 if mode == "off" else 0)
+        meta = read_png_metadata(gallery.tile_path(entry.id, 0))["meta"]["safety"]
+        assert (meta["verdict"], meta["prompt_flagged"]) == ("ok", ["gore"])
+        gallery.close()
+    # the same request judged with prompt_action = "refuse" (as a default caller does):
+    # the images' own verdicts, shown clear
+    plain = Gallery(tmp_path / "refuse")
+    entry = plain.add(result, "blur")
+    assert entry.outcome == "shown" and len(_public_pixels(plain)) == 4
+    plain.close()
 
 
 def test_blur_mode_end_to_end(tiny_engine: Engine, tmp_path: Path) -> None:

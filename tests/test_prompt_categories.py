@@ -240,6 +240,55 @@ def test_hold_makes_the_picture_and_holds_every_tile_for_review_whatever_the_mod
 
 
 @pytest.mark.model
+def test_flag_blurs_every_tile_on_stream_and_the_review_page_names_the_prompts_category(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """prompt_action = "flag", approval_mode = "blur": the images themselves are clean, the
+    picture goes on stream with every tile blurred, and the review page says why: the
+    prompt came too close to gore (not a threshold the images' scores never passed)."""
+    import io
+
+    from PIL import Image
+
+    from generator_host.core.approval import Tile
+    from generator_host.edges.review import state
+    from tests.test_app import run_scenario, say, until
+
+    engine = _prompt_engine(tiny_model_dir, tmp_path, prompt_action="flag", approval_mode="blur")
+    host = _host(engine, tmp_path, grid=4)
+    page: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        say(host, "ann", f"!generate {PLANTED}")
+        await until(lambda: len(host.shown()) == 1 and not host.show.running, 30)
+        page.update(state.gallery_part(host.gallery, state.show_part(host, time.monotonic())))
+
+    def pixels(png: bytes | None) -> np.ndarray:
+        assert png is not None
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
+
+    try:
+        run_scenario(host, scenario)
+        entry = host.gallery.recent(1)[0]
+        frame = next(f for _, f in host.frames if f["type"] == "show")
+        assert frame["blurred"] and not frame["held"]
+        on_stream = pixels(frame["image"])
+        blurred = pixels(host.gallery.screen_png(entry.id, (Tile.BLURRED,) * 4))
+        clear = pixels(host.gallery.screen_png(entry.id, (Tile.CLEAR,) * 4))
+        assert np.abs(on_stream - blurred).mean() < 1 < np.abs(on_stream - clear).mean()
+        card = next(e for e in page["held"] if e["id"] == entry.id)
+        lines = [t["safety"]["why"] for t in card["tiles"]]
+        assert len(lines) == 4
+        for line in lines:
+            assert line.startswith("flagged: the prompt was too close to gore (the image itself")
+            assert "threshold" not in line
+        meta = read_png_metadata(host.gallery.tile_path(entry.id, 0))["meta"]["safety"]
+        assert (meta["verdict"], meta["prompt_flagged"]) == ("ok", ["gore"])
+    finally:
+        host.gallery.close()
+
+
+@pytest.mark.model
 def test_a_missing_text_model_turns_the_built_in_categories_off_with_a_warning(
     tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -280,6 +329,17 @@ def test_the_review_page_and_params_lines_carry_every_category_score() -> None:
     }
     summary = summarize(safety)
     assert summary["tripped"] == ["gore"] and summary["worst"] == "gore"
+    assert summary["why"] == "flagged: gore (+0.020 past the threshold)"
+    # a clean image whose prompt was too close: the prompt is the reason, no threshold
+    clean = {"concept": [-0.2], "special": [-0.3], "categories": {"gore": -0.1}}
+    by_prompt = {**safety, "scores": clean, "flagged": False, "prompt_flagged": ["gore", "x"]}
+    assert summarize(by_prompt)["why"] == (
+        "flagged: the prompt was too close to gore, x (the image itself: closest gore (-0.100))"
+    )
+    both = summarize({**safety, "prompt_flagged": ["gore"]})
+    assert both["why"] == (
+        "flagged: gore (+0.020 past the threshold); the prompt was too close to gore"
+    )
     assert [c["name"] for c in summary["categories"]] == ["gore", "x"]
     assert summary["prompt"] == [{"name": "gore", "score": -0.25}]
     tiles = [

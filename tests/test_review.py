@@ -257,6 +257,10 @@ def test_reject_tells_the_requester_and_deletes_the_file(
         assert len(held_files) == 4
         card = f'[data-entry="{entry}"]'
         until(lambda: driver.find_element("css selector", card), 5, "the card")
+        # each tile says why it is held: these images passed the (strict) threshold
+        lines = [e.text for e in driver.find_elements("css selector", f"{card} .score")]
+        assert len(lines) == 4, lines
+        assert all(t.startswith("flagged: ") and "past the threshold" in t for t in lines)
         driver.find_element("css selector", f"{card} input").send_keys("too spooky for us")
         driver.find_element("css selector", f'[data-testid="reject-{entry}"]').click()
         said = until(

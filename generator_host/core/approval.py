@@ -1,8 +1,9 @@
 """The approval policy: what the safety verdicts let the stream show, and how that changes.
 
 Every approval rule is here and nowhere else, as pure functions on plain values:
-- `outcome_for`: what an approval mode makes of a finished request (shown, blurred, held,
-  skipped);
+- `judge`: how a finished request is judged: the mode (`mode_for`), which tiles count as
+  flagged (`tile_flags`: a tile's own verdict, or the request's prompt) and the outcome
+  (`outcome_for`: shown, blurred, held, skipped);
 - `screen`: what each tile of a grid shows on stream (clear, blurred, placeholder or
   nothing) for an outcome, the mode it was made under, its verdicts and its approved tiles;
 - `approve` (the whole grid or one tile) and `reject`: the transitions a streamer or a
@@ -74,6 +75,41 @@ def mode_for(mode: str, prompt_flagged: bool, prompt_action: str) -> str:
     return "hold" if prompt_flagged and prompt_action == "hold" else mode
 
 
+def tile_flags(
+    image_flagged: Sequence[bool], prompt_flagged: bool, prompt_action: str
+) -> tuple[bool, ...]:
+    """Which tiles count as flagged for the approval mode: each tile's own verdict (the
+    engine's: the checker and the image categories), or every tile when the request's
+    prompt came too close to a category under prompt_action "flag" (the mode decides)
+    or "hold" (`mode_for` holds them). The engine's verdict stays the image's own."""
+    by_prompt = prompt_flagged and prompt_action in ("flag", "hold")
+    return tuple(bool(f) or by_prompt for f in image_flagged)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A finished request as the approval policy sees it: what the gallery stores."""
+
+    mode: str  # the approval mode it is judged under (`mode_for`)
+    flagged: tuple[bool, ...]  # per tile: counts as flagged (`tile_flags`)
+    outcome: Outcome
+
+
+def judge(
+    image_flagged: Sequence[bool],
+    mode: str,
+    prompt_flagged: Sequence[str] = (),
+    prompt_action: str = "refuse",
+) -> Judgement:
+    """How a finished request is judged: the engine's verdict per tile, the streamer's
+    approval mode, the categories its prompt came too close to and [safety]
+    prompt_action (what the prompt check does about them)."""
+    by_prompt = bool(prompt_flagged)
+    mode = mode_for(mode, by_prompt, prompt_action)
+    flagged = tile_flags(image_flagged, by_prompt, prompt_action)
+    return Judgement(mode, flagged, outcome_for(flagged, mode))
+
+
 def outcome_for(flagged: Sequence[bool], mode: str) -> Outcome:
     """What the approval mode makes of a finished request, from its tiles' verdicts."""
     check_mode(mode)
@@ -88,9 +124,10 @@ def screen(
     flagged: Sequence[bool],
     approved: Sequence[int] = (),
 ) -> tuple[Tile, ...]:
-    """What each tile shows on stream. Each tile is judged by its own verdict alone:
-    a clean tile is always clear; a flagged one is clear only once approved (or when the
-    check was off); otherwise it is filtered as its outcome says, or not shown at all."""
+    """What each tile shows on stream. Each tile is judged by its own flag alone
+    (`tile_flags`): a clean tile is always clear; a flagged one is clear only once
+    approved (or when the check was off); otherwise it is filtered as its outcome says,
+    or not shown at all."""
     outcome = Outcome(outcome)
     if outcome is Outcome.REJECTED or (outcome is Outcome.SKIPPED and not approved):
         return (Tile.NOTHING,) * len(flagged)
@@ -108,8 +145,9 @@ _MODE_OF = {Outcome.BLURRED: "blur", Outcome.HELD: "hold", Outcome.SKIPPED: "ski
 
 
 def flags(entry: Entry) -> tuple[bool, ...]:
-    """The entry's verdict per tile. Entries saved before verdicts were kept per tile
-    count every tile as flagged unless the outcome was shown."""
+    """Which of the entry's tiles count as flagged (`tile_flags`, stored by the gallery).
+    Entries saved before verdicts were kept per tile count every tile as flagged unless
+    the outcome was shown."""
     if entry.flagged:
         return tuple(entry.flagged)
     return (Outcome(entry.outcome) is not Outcome.SHOWN,) * max(1, entry.count)

@@ -99,8 +99,8 @@ def prompt_checked(
     """A prompt's category scores arrived (only the prompt: a negative prompt naming a
     category asks the model to avoid it). Too close: refused with the categories named,
     the same way as the blocklist's refusal; or, with [safety] prompt_action = "hold" or
-    "flag", queued with every tile to count as flagged (approval.mode_for: hold holds it
-    for review whatever the approval mode, flag lets the mode decide)."""
+    "flag", queued with the categories noted: approval.judge counts every tile flagged
+    (hold holds it for review whatever the approval mode, flag lets the mode decide)."""
     if error:  # never unchecked: the request is refused, the reason goes to the log
         ctx.out.append(Log(f"the prompt check failed for @{ctx.viewer.login}: {error}"))
         text = "the safety filter could not check the prompt; try again"

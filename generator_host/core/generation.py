@@ -69,7 +69,9 @@ class GenerationRequest:
     redemption_id: str = ""  # a channel-point redemption paid for it (settled once)
     # The prompt's scores against the safety categories that apply to prompts, when they
     # were checked (core/categories.py), and those it came too close to under
-    # [safety] prompt_action = "flag": every tile of the picture then counts as flagged.
+    # [safety] prompt_action = "hold" or "flag": every tile of the picture then counts as
+    # flagged for the approval mode (approval.tile_flags; the engine's verdicts stay the
+    # images' own).
     prompt_scores: tuple[tuple[str, float], ...] = ()
     prompt_flagged: tuple[str, ...] = ()
 
@@ -126,7 +128,8 @@ def safety_line(
 
 @dataclass
 class GeneratedImage:
-    """One image of a request, with its own seed and verdict."""
+    """One image of a request, with its own seed and verdict (`flagged`: the safety
+    checker's and the image categories', never the prompt's)."""
 
     image: Any  # PIL.Image.Image; Any so this module needs no Pillow import
     seed: int
@@ -161,7 +164,8 @@ class Entry:
 
     `outcome` is an `approval.Outcome` value ("shown", "blurred", "held", "skipped",
     "approved", "rejected"); `requester` is the display name, `requester_login` the login
-    (they differ: "Dora" / "dora"); `flagged` one verdict per tile, `mode` the approval
+    (they differ: "Dora" / "dora"); `flagged` per tile whether it counts as flagged
+    (`approval.tile_flags`: its own verdict or its prompt's), `mode` the approval
     mode it was made under and `approved` the tiles approved one by one (0-based).
     """
 

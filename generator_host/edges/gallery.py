@@ -186,15 +186,23 @@ class Gallery:
             return False
 
     # ----- adding ------------------------------------------------------------------------
-    def add(self, result: GenerationResult, approval_mode: str) -> Entry:
-        """Store a finished request with the outcome the approval policy gives it."""
+    def add(
+        self, result: GenerationResult, approval_mode: str, prompt_action: str = "refuse"
+    ) -> Entry:
+        """Store a finished request as the approval policy judges it (`approval.judge`:
+        its mode, the tiles that count as flagged and the outcome), from the images'
+        verdicts, the streamer's approval mode and [safety] prompt_action."""
         if not result.images:
             raise ValueError("a result without images cannot be added to the gallery")
-        mode = approval_mode
-        flagged = [bool(img.flagged) for img in result.images]
-        outcome = approval.outcome_for(flagged, mode)
-        p = result.used_params
         req = result.request
+        judged = approval.judge(
+            [bool(img.flagged) for img in result.images],
+            approval_mode,
+            req.prompt_flagged,
+            prompt_action,
+        )
+        mode, flagged, outcome = judged.mode, list(judged.flagged), judged.outcome
+        p = result.used_params
         created = time.time()
         row = {
             "request_id": req.id,
@@ -312,12 +320,14 @@ class Gallery:
             "time": datetime.fromtimestamp(created, tz=timezone.utc).isoformat(),
             "safety": {
                 "scores": scores,
+                # the image's own verdict (the engine's); the approval mode also counts it
+                # flagged when its prompt was (`prompt_flagged`, approval.tile_flags)
                 "flagged": bool(img.flagged),
                 # the streamer's categories that flagged it (the checker's own verdict is
                 # the rest of `flagged`)
                 "categories_flagged": img.scores.flagged_categories if img.scores else [],
                 # the prompt's scores against the categories that apply to prompts (when
-                # checked) and those it came too close to (prompt_action = "flag")
+                # checked) and those it came too close to (prompt_action = "hold"/"flag")
                 "prompt_scores": dict(result.request.prompt_scores),
                 "prompt_flagged": list(result.request.prompt_flagged),
                 "verdict": ("flagged" if img.flagged else "ok")

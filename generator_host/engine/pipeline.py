@@ -665,15 +665,14 @@ class Engine:
         results: list[GenerationResult | EngineError] = []
         at = 0
         for p, req, ev in zip(batch, requests, events, strict=True):
-            # A prompt too close to a category under prompt_action = "flag": every tile
-            # counts as flagged, and the approval mode decides (one approval policy).
-            by_prompt = bool(req is not None and req.prompt_flagged)
+            # The image's own verdict: a flagged prompt is the approval policy's business
+            # (core/approval.py tile_flags), not the engine's.
             tiles = [
                 GeneratedImage(
                     image=images[at + k],
                     seed=seeds[at + k],
                     scores=scores[at + k],
-                    flagged=flagged[at + k] or by_prompt,
+                    flagged=flagged[at + k],
                 )
                 for k in range(p.count)
             ]

@@ -108,29 +108,37 @@ def _safety_of(path: str, _stamp: float) -> dict[str, Any] | None:
 
 
 def summarize(safety: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Which concept or category came closest to (or past) its threshold, and by how much.
+    """Why a tile is flagged (or not), from its PNG metadata's `safety`: the line the
+    page shows (`why`), then which concept or category came closest to (or past) its
+    threshold, and by how much.
 
+    `flagged` is the image's own verdict; `prompt_flagged` the categories its prompt came
+    too close to (under prompt_action "hold" or "flag" every tile then counts as flagged,
+    approval.tile_flags), so `why` names those and no threshold line for a clean image.
     `score` is the margin the verdict used: the checker's score minus its threshold plus
     the streamer's offset at the time, or a category's best cosine minus its threshold
     (positive: past the threshold). `categories` and `prompt` list every category's
     score for the tile and for the prompt (when it was checked), highest first.
     """
-    if not safety or not safety.get("scores"):
+    if not safety:
         return None
-    scores = safety["scores"]
+    by_prompt = [str(n) for n in safety.get("prompt_flagged") or []]
+    scores = safety.get("scores") or {}
     offset = float(safety.get("offset") or 0.0)
     named = [(f"concept {i + 1}", v + offset) for i, v in enumerate(scores.get("concept") or [])]
     named += [(f"special {i + 1}", v + offset) for i, v in enumerate(scores.get("special") or [])]
-    if not named:
+    if not named and not by_prompt:
         return None
     # The streamer's categories (core/categories.py): their own thresholds, no offset.
     categories = {str(k): float(v) for k, v in (scores.get("categories") or {}).items()}
     named += list(categories.items())
-    worst, score = max(named, key=lambda kv: kv[1])
+    worst, score = max(named, key=lambda kv: kv[1]) if named else ("", 0.0)
     tripped = [n for n, v in sorted(named, key=lambda kv: -kv[1]) if v > 0]
     prompt = {str(k): float(v) for k, v in (safety.get("prompt_scores") or {}).items()}
+    flagged = bool(safety.get("flagged"))
     return {
-        "flagged": bool(safety.get("flagged")),
+        "flagged": flagged,
+        "why": _why(flagged, worst, float(score), tripped, by_prompt),
         "worst": worst,
         "score": round(float(score), 4),
         "tripped": tripped[:5],
@@ -143,8 +151,19 @@ def summarize(safety: dict[str, Any] | None) -> dict[str, Any] | None:
             {"name": n, "score": round(v, 4)}
             for n, v in sorted(prompt.items(), key=lambda kv: -kv[1])
         ],
-        "prompt_flagged": [str(n) for n in safety.get("prompt_flagged") or []],
+        "prompt_flagged": by_prompt,
     }
+
+
+def _why(flagged: bool, worst: str, score: float, tripped: list[str], by_prompt: list[str]) -> str:
+    """The tile's verdict in words: the image's own first, or the prompt's when only the
+    prompt was too close (a clean image's scores are then context, not the reason)."""
+    prompt = f"the prompt was too close to {', '.join(by_prompt)}" if by_prompt else ""
+    if flagged:
+        image = f"flagged: {', '.join(tripped[:5]) or worst} ({score:+.3f} past the threshold)"
+        return f"{image}; {prompt}" if prompt else image
+    image = f"closest {worst} ({score:+.3f})" if worst else "not checked"
+    return f"flagged: {prompt} (the image itself: {image})" if prompt else f"ok: {image}"
 
 
 def gallery_part(gallery: Any, part: dict[str, Any]) -> dict[str, Any]:

@@ -73,18 +73,18 @@ function signed(value) {
 
 function scoreText(safety) {
   if (!safety) return "no safety scores";
-  const margin = signed(safety.score);
-  let text = safety.flagged
-    ? `flagged: ${safety.tripped.join(", ") || safety.worst} (${margin} past the threshold)`
-    : `ok: closest ${safety.worst} (${margin})`;
+  // why the tile is flagged or not, in the host's words (review/state.py summarize): the
+  // image's verdict, or "the prompt was too close to ..." when only the prompt was
+  let text = safety.why;
   // the streamer's categories (gore, violence, ...) and the prompt's scores, when kept
   const list = (items) => items.map((c) => `${c.name} ${signed(c.score)}`).join(", ");
   if (safety.categories && safety.categories.length) text += `; categories ${list(safety.categories)}`;
   if (safety.prompt && safety.prompt.length) text += `; prompt ${list(safety.prompt)}`;
-  if (safety.prompt_flagged && safety.prompt_flagged.length) {
-    text += ` (prompt flagged: ${safety.prompt_flagged.join(", ")})`;
-  }
   return text;
+}
+
+function alarming(safety) {
+  return Boolean(safety && (safety.flagged || (safety.prompt_flagged || []).length));
 }
 
 function heldCard(entry, mayReview) {
@@ -105,7 +105,7 @@ function heldCard(entry, mayReview) {
     const veil = el("div", { class: "veil", text: open ? "" : "click to reveal" });
     const box = el("div", { class: "tile", "data-tile": key }, picture, veil);
     box.append(
-      el("div", { class: `score${tile.safety && tile.safety.flagged ? " flagged" : ""}`, text: scoreText(tile.safety) }),
+      el("div", { class: `score${alarming(tile.safety) ? " flagged" : ""}`, text: scoreText(tile.safety) }),
       el("div", { class: "state", text: tile.filtered ? "filtered on stream" : "shown on stream" }),
     );
     if (tile.filtered && mayReview && entry.count > 1) {

@@ -147,12 +147,21 @@ def test_mixed_precision_same_seed_same_bytes_and_the_checker_stays_float32(
         assert img.scores is not None
 
 
-def test_precision_is_timed_at_the_first_warm_up_then_remembered(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def fresh_precision(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """engine/precision with a cache of this test's own, on a CPU taken to have no
+    bfloat16 kernels (a test may say otherwise): the timing paths run alike anywhere."""
     from generator_host.engine import precision
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "bf16_capable", lambda: False)
+    return precision
+
+
+def test_precision_is_timed_at_the_first_warm_up_then_remembered(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_precision: Any
+) -> None:
+    precision = fresh_precision
     # This CPU may lack bfloat16 kernels (then nothing is timed); the timing path is tested.
     monkeypatch.setattr(precision, "bf16_capable", lambda: True)
     calls: list[int] = []
@@ -181,12 +190,9 @@ def test_precision_is_timed_at_the_first_warm_up_then_remembered(
 
 
 def test_without_bf16_kernels_only_float32_layouts_are_timed(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, fresh_precision: Any
 ) -> None:
-    from generator_host.engine import precision
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "bf16_capable", lambda: False)
+    precision = fresh_precision
     engine = make_tiny_engine(tiny_model_dir, warmup=True)
     plan = engine.precision
     assert plan is not None and plan.source == "measured"
@@ -235,12 +241,9 @@ def test_channels_last_is_kept_only_for_convolution_parts_where_clearly_faster()
 
 
 def test_a_remembered_channels_last_plan_is_used_and_named_in_the_png(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, fresh_precision: Any
 ) -> None:
-    from generator_host.engine import precision
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "bf16_capable", lambda: False)
+    precision = fresh_precision
     first = make_tiny_engine(tiny_model_dir, warmup=True)
     assert first.precision is not None
     # Whatever this machine measured, a plan that puts both convolution parts in
